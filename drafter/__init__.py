@@ -1,0 +1,20 @@
+"""drafter: train small drafter heads for a frozen LLM and use them for lossless speculative decoding."""
+
+from .models import (
+    AutoDrafter,
+    DrafterConfig,
+    DrafterMismatchError,
+    RecurrentDraftingConfig,
+    RecurrentDraftingModel,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AutoDrafter",
+    "DrafterConfig",
+    "DrafterMismatchError",
+    "RecurrentDraftingConfig",
+    "RecurrentDraftingModel",
+    "__version__",
+]

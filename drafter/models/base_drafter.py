@@ -1,0 +1,126 @@
+"""What every drafter family shares: base-model bookkeeping and the optional reduced draft vocabulary."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from transformers import PretrainedConfig, PreTrainedModel
+
+
+class DrafterConfig(PretrainedConfig):
+    """Fields common to all drafter families.
+
+    Args:
+        hidden_size: hidden size of the base model's last hidden state (the drafter's input).
+        vocab_size: the base model's vocabulary size (token ids the drafter emits are base ids).
+        base_model_name_or_path: the base model the drafter was trained against.
+        draft_vocab_size: when set, the drafter predicts over this many base tokens only; the
+            draft-to-base map is stored with the weights (``draft_to_base`` buffer).
+    """
+
+    def __init__(
+        self,
+        hidden_size: int = 576,
+        vocab_size: int = 49152,
+        base_model_name_or_path: Optional[str] = None,
+        draft_vocab_size: Optional[int] = None,
+        **kwargs,
+    ):
+        self.hidden_size = hidden_size
+        self.vocab_size = vocab_size
+        self.base_model_name_or_path = base_model_name_or_path
+        self.draft_vocab_size = draft_vocab_size
+        super().__init__(**kwargs)
+
+    @property
+    def output_vocab_size(self) -> int:
+        """Width of the drafter's output layer: the draft vocabulary if reduced, else the base one."""
+        return self.draft_vocab_size or self.vocab_size
+
+
+class DrafterMismatchError(ValueError):
+    """A drafter was paired with a base model it was not built for."""
+
+
+class DrafterPreTrainedModel(PreTrainedModel):
+    """Base class of drafter heads: holds the draft<->base vocabulary maps and checks the base model."""
+
+    config_class = DrafterConfig
+    base_model_prefix = "drafter"
+    supports_gradient_checkpointing = False
+
+    def __init__(self, config: DrafterConfig):
+        super().__init__(config)
+        if config.draft_vocab_size:
+            # Filled by `set_draft_vocabulary`; saved with the weights so a checkpoint is self-contained.
+            self.register_buffer(
+                "draft_to_base", torch.arange(config.draft_vocab_size, dtype=torch.long), persistent=True
+            )
+            self.register_buffer(
+                "base_to_draft", _inverse_map(self.draft_to_base, config.vocab_size), persistent=True
+            )
+
+    def _init_weights(self, module: torch.nn.Module) -> None:
+        if isinstance(module, torch.nn.Linear):
+            torch.nn.init.normal_(module.weight, std=0.02)
+            if module.bias is not None:
+                torch.nn.init.zeros_(module.bias)
+        elif isinstance(module, torch.nn.LayerNorm):
+            torch.nn.init.ones_(module.weight)
+            torch.nn.init.zeros_(module.bias)
+
+    # ----------------------------------------------------------------- draft vocabulary
+    @property
+    def has_reduced_vocabulary(self) -> bool:
+        return bool(self.config.draft_vocab_size)
+
+    def set_draft_vocabulary(self, draft_to_base: torch.Tensor) -> None:
+        """Install the draft-to-base token map (draft id i predicts base token draft_to_base[i])."""
+        if not self.has_reduced_vocabulary:
+            raise ValueError("This drafter was built without draft_vocab_size; it uses the full vocabulary.")
+        draft_to_base = draft_to_base.to(dtype=torch.long, device=self.draft_to_base.device)
+        if draft_to_base.shape != self.draft_to_base.shape:
+            raise ValueError(
+                f"draft_to_base has {draft_to_base.numel()} entries, expected {self.config.draft_vocab_size}"
+            )
+        if draft_to_base.unique().numel() != draft_to_base.numel():
+            raise ValueError("draft_to_base must not repeat a base token")
+        self.draft_to_base.copy_(draft_to_base)
+        self.base_to_draft.copy_(_inverse_map(draft_to_base, self.config.vocab_size))
+
+    def to_base_ids(self, draft_ids: torch.Tensor) -> torch.Tensor:
+        """Map ids of the drafter's output layer to base-model token ids."""
+        return self.draft_to_base[draft_ids] if self.has_reduced_vocabulary else draft_ids
+
+    def to_draft_ids(self, base_ids: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
+        """Map base token ids (e.g. training labels) to draft ids; tokens outside the draft vocabulary
+        and `ignore_index` entries become `ignore_index`."""
+        if not self.has_reduced_vocabulary:
+            return base_ids
+        valid = base_ids != ignore_index
+        mapped = self.base_to_draft[base_ids.clamp(min=0)]
+        return torch.where(valid & (mapped >= 0), mapped, torch.full_like(mapped, ignore_index))
+
+    # ----------------------------------------------------------------- base compatibility
+    def check_base_model(self, base_model: PreTrainedModel) -> None:
+        """Fail with a clear message when `base_model` is not the kind of model this drafter was built for."""
+        base_hidden = base_model.config.get_text_config().hidden_size
+        base_vocab = base_model.get_input_embeddings().num_embeddings
+        problems = []
+        if base_hidden != self.config.hidden_size:
+            problems.append(f"hidden size {base_hidden} != drafter's {self.config.hidden_size}")
+        if base_vocab != self.config.vocab_size:
+            problems.append(f"vocabulary size {base_vocab} != drafter's {self.config.vocab_size}")
+        if problems:
+            raise DrafterMismatchError(
+                f"Drafter trained for base model '{self.config.base_model_name_or_path}' cannot run on "
+                f"'{base_model.config.name_or_path}': " + "; ".join(problems)
+            )
+
+
+def _inverse_map(draft_to_base: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """(vocab_size,) long: draft id of each base token, -1 for tokens outside the draft vocabulary."""
+    inverse = torch.full((vocab_size,), -1, dtype=torch.long, device=draft_to_base.device)
+    inverse[draft_to_base] = torch.arange(draft_to_base.numel(), device=draft_to_base.device)
+    return inverse
