@@ -70,6 +70,39 @@ class DrafterPreTrainedModel(PreTrainedModel):
             torch.nn.init.ones_(module.weight)
             torch.nn.init.zeros_(module.bias)
 
+    # ----------------------------------------------------------------- teacher-forced forward
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        input_embeds: torch.Tensor,
+        labels: Optional[torch.Tensor] = None,
+        num_steps: Optional[int] = None,
+        **loss_kwargs,
+    ):
+        """Teacher-forced drafting at every position of a sequence (training and evaluation).
+
+        Args:
+            hidden_states: (batch, seq, hidden) base last hidden states.
+            input_embeds: (batch, seq, hidden) base input embeddings of the same sequence's tokens.
+            labels: (batch, seq) targets (-100 = no loss). When given, returns a `DrafterLossOutput`
+                (extra keyword arguments go to `drafter.training.losses.drafter_loss`); the loss is
+                computed inside forward so that distributed wrappers (DDP/FSDP) see the computation.
+        Returns:
+            without labels: (num_steps, batch, seq, output_vocab_size), entry [k, b, t] predicting token
+            t + k + 2; positions whose inputs run past the sequence end see zero embeddings.
+        """
+        from ..training.losses import drafter_loss, iter_teacher_forced_states
+
+        num_steps = num_steps or self.num_draft_steps
+        if labels is not None:
+            return drafter_loss(self, hidden_states, input_embeds, labels, num_steps, **loss_kwargs)
+        return torch.stack(
+            [
+                self.compute_logits(hidden_states, state, step)
+                for step, state in iter_teacher_forced_states(self, hidden_states, input_embeds, num_steps)
+            ]
+        )
+
     # ----------------------------------------------------------------- draft vocabulary
     @property
     def has_reduced_vocabulary(self) -> bool:

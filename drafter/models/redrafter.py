@@ -13,8 +13,6 @@ x_{t+2..} are the drafted tokens. Proj is present only when exit_dim != 2 * hidd
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 from torch import nn
 
@@ -99,29 +97,3 @@ class RecurrentDraftingModel(DrafterPreTrainedModel):
         for block in self.res_blocks:
             x = block(x)
         return self.lm_head(x)
-
-    def forward(
-        self,
-        hidden_states: torch.Tensor,
-        input_embeds: torch.Tensor,
-        num_steps: Optional[int] = None,
-    ) -> torch.Tensor:
-        """Teacher-forced drafting at every position of a sequence.
-
-        Args:
-            hidden_states: (batch, seq, hidden) base last hidden states.
-            input_embeds: (batch, seq, hidden) base input embeddings of the same sequence's tokens.
-        Returns:
-            (num_steps, batch, seq, output_vocab_size): entry [k, b, t] predicts token t + k + 2.
-            Positions whose inputs run past the sequence end see zero embeddings; ignore them.
-        """
-        from ..training.losses import iter_teacher_forced_states
-
-        return torch.stack(
-            [
-                self.compute_logits(hidden_states, state, step)
-                for step, state in iter_teacher_forced_states(
-                    self, hidden_states, input_embeds, num_steps or self.num_draft_steps
-                )
-            ]
-        )

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Iterator, Tuple
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, List, Optional, Tuple
 
 import torch
 
@@ -28,3 +29,102 @@ def iter_teacher_forced_states(
     for step in range(num_steps):
         state = drafter.advance_state(state, shift_left(input_embeds, step + 1), step)
         yield step, state
+
+
+def shifted_labels(labels: torch.Tensor, shift: int, ignore_index: int = -100) -> torch.Tensor:
+    """labels[:, t + shift] at position t, `ignore_index` past the end. labels: (batch, seq)."""
+    out = torch.full_like(labels, ignore_index)
+    out[:, : labels.shape[1] - shift] = labels[:, shift:]
+    return out
+
+
+def step_weights(num_steps: int, decay: float = 1.0) -> List[float]:
+    """Weight of each drafting step in the total loss: decay ** step.
+
+    decay = 1.0 is what Apple's ReDrafter training uses (the per-step cross-entropies are simply summed,
+    `recurrent_drafting/train/loss.py`); Medusa-style training decays later heads, e.g. 0.8.
+    """
+    return [decay**step for step in range(num_steps)]
+
+
+def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """KL(teacher || student) of temperature-softened distributions, times T^2 (Hinton et al.).
+
+    Both (n, vocab). Mean over the n positions; 0 when the student equals the teacher.
+    """
+    teacher_log_probs = torch.log_softmax(teacher_logits.float() / temperature, dim=-1)
+    student_log_probs = torch.log_softmax(student_logits.float() / temperature, dim=-1)
+    kl = torch.nn.functional.kl_div(student_log_probs, teacher_log_probs, log_target=True, reduction="none")
+    return kl.sum(-1).mean() * temperature**2
+
+
+@dataclass
+class DrafterLossOutput:
+    loss: torch.Tensor
+    step_losses: List[torch.Tensor]
+    # per step: (targets counted, targets outside the draft vocabulary, correct@k for k = 1..top_k)
+    step_counts: List[Tuple[int, int, List[int]]] = field(default_factory=list)
+
+
+def drafter_loss(
+    drafter,
+    hidden_states: torch.Tensor,
+    input_embeds: torch.Tensor,
+    labels: torch.Tensor,
+    num_steps: int,
+    loss_decay: float = 1.0,
+    base_lm_head: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+    kd_temperature: float = 1.0,
+    kd_alpha: float = 0.0,
+    top_k: int = 0,
+    ignore_index: int = -100,
+) -> DrafterLossOutput:
+    """Training loss of a drafter over every position of a batch, with the true tokens fed in.
+
+    Step k (0-based) at position t predicts token t + k + 2 (the base model itself supplies t + 1).
+    Only positions with a valid target go through the vocabulary projection, which dominates the cost.
+
+    Args:
+        hidden_states, input_embeds: (batch, seq, hidden) from the frozen base model.
+        labels: (batch, seq) token ids, `ignore_index` where no loss is wanted (padding, non-assistant).
+        base_lm_head: the base model's output layer; required when kd_alpha > 0. The teacher for step k
+            at position t is the base model's next-token distribution at position t + k + 1.
+        kd_alpha: weight of the distillation loss; the hard cross-entropy gets 1 - kd_alpha.
+        top_k: also count top-1..top_k correct predictions (for metrics; no gradient).
+    """
+    if kd_alpha > 0 and base_lm_head is None:
+        raise ValueError("knowledge distillation needs the base model's lm_head")
+    weights = step_weights(num_steps, loss_decay)
+    total = hidden_states.new_zeros((), dtype=torch.float32)
+    step_losses, step_counts = [], []
+    for step, state in iter_teacher_forced_states(drafter, hidden_states, input_embeds, num_steps):
+        base_targets = shifted_labels(labels, step + 2, ignore_index)
+        in_sequence = base_targets != ignore_index  # (batch, seq)
+        targets = drafter.to_draft_ids(base_targets, ignore_index)[in_sequence]  # (n,)
+        logits = drafter.compute_logits(hidden_states[in_sequence], state[in_sequence], step)  # (n, vocab)
+        in_vocab = targets != ignore_index
+        if in_vocab.any():
+            hard = torch.nn.functional.cross_entropy(logits[in_vocab].float(), targets[in_vocab])
+        else:  # keeps the graph connected so every rank runs the same backward
+            hard = logits.sum() * 0.0
+        step_loss = hard
+        if kd_alpha > 0:
+            teacher_logits = base_lm_head(shift_left(hidden_states, step + 1)[in_sequence])
+            if drafter.has_reduced_vocabulary:
+                teacher_logits = teacher_logits[:, drafter.draft_to_base]
+            soft = distillation_loss(logits, teacher_logits, kd_temperature)
+            step_loss = kd_alpha * soft + (1.0 - kd_alpha) * hard
+        total = total + weights[step] * step_loss
+        step_losses.append(step_loss.detach())
+        if top_k:
+            step_counts.append(_topk_counts(logits.detach(), targets, in_vocab, top_k))
+    return DrafterLossOutput(loss=total, step_losses=step_losses, step_counts=step_counts)
+
+
+def _topk_counts(logits: torch.Tensor, targets: torch.Tensor, in_vocab: torch.Tensor, top_k: int):
+    """(targets, out-of-vocabulary targets, [correct@1..top_k]); OOV targets count as misses."""
+    top = logits.topk(min(top_k, logits.shape[-1]), dim=-1).indices  # (n, k)
+    hits = (top == targets.unsqueeze(-1)) & in_vocab.unsqueeze(-1)
+    correct_at = hits.cumsum(-1).clamp(max=1).sum(0).tolist()
+    correct_at += [correct_at[-1]] * (top_k - len(correct_at))
+    return targets.numel(), int((~in_vocab).sum()), correct_at

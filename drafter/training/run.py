@@ -1,0 +1,129 @@
+"""The training and evaluation jobs behind `train_speculator.py`."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from typing import Optional
+
+import torch
+from transformers import PreTrainedModel
+
+from ..data import DataCollatorForDrafter, build_tokenized_datasets
+from ..models import AutoDrafter, DrafterPreTrainedModel, RecurrentDraftingConfig
+from ..models.loading import load_base_model, load_tokenizer
+from .arguments import DataArguments, DrafterTrainingArguments, ModelArguments
+from .draft_vocab import count_target_tokens, select_draft_vocabulary
+from .trainer import DrafterTrainer
+
+logger = logging.getLogger(__name__)
+
+
+def base_dtype(model_args: ModelArguments, training_args: DrafterTrainingArguments) -> torch.dtype:
+    if model_args.base_dtype != "auto":
+        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[model_args.base_dtype]
+    if training_args.bf16:
+        return torch.bfloat16
+    if training_args.fp16:
+        return torch.float16
+    return torch.float32
+
+
+def build_drafter(model_args: ModelArguments, base: PreTrainedModel) -> DrafterPreTrainedModel:
+    """A fresh drafter sized for `base`, or the saved one named by --drafter_name_or_path."""
+    if model_args.drafter_name_or_path:
+        drafter = AutoDrafter.from_pretrained(model_args.drafter_name_or_path)
+    else:
+        text_config = base.config.get_text_config()
+        drafter = AutoDrafter.from_config(
+            RecurrentDraftingConfig(
+                hidden_size=text_config.hidden_size,
+                vocab_size=base.get_input_embeddings().num_embeddings,
+                base_model_name_or_path=model_args.llm_name_or_path,
+                drafter_num_layers=model_args.drafter_num_layers,
+                exit_dim_multiplier=model_args.exit_dim_multiplier,
+                rnn=model_args.rnn,
+                drafter_predict_n_tokens=model_args.drafter_predict_n_tokens,
+                draft_vocab_size=model_args.draft_vocab_size,
+            )
+        )
+    drafter.check_base_model(base)
+    return drafter
+
+
+def count_trainable_tokens(dataset) -> int:
+    return sum(sum(1 for label in labels if label != -100) for labels in dataset["labels"])
+
+
+def run(model_args: ModelArguments, data_args: DataArguments, training_args: DrafterTrainingArguments) -> dict:
+    """Train (phase=train) or evaluate (phase=eval) a drafter; returns the evaluation metrics."""
+    if training_args.phase == "eval" and not model_args.drafter_name_or_path:
+        raise ValueError("--phase eval needs --drafter_name_or_path")
+    tokenizer = load_tokenizer(model_args.llm_name_or_path, trust_remote_code=model_args.trust_remote_code)
+    base = load_base_model(
+        model_args.llm_name_or_path,
+        dtype=base_dtype(model_args, training_args),
+        trust_remote_code=model_args.trust_remote_code,
+    )
+    datasets = build_tokenized_datasets(
+        tokenizer,
+        data_args.dataset_name,
+        model_max_length=data_args.model_max_length,
+        train_on_assistant_only=data_args.train_on_assistant_only,
+        max_examples=data_args.max_train_examples,
+        eval_examples=data_args.num_eval_examples,
+        seed=training_args.seed,
+    )
+    drafter = build_drafter(model_args, base)
+    summary: dict = {"drafter_parameters": sum(p.numel() for p in drafter.parameters())}
+    if drafter.has_reduced_vocabulary and not model_args.drafter_name_or_path:
+        counts = count_target_tokens(datasets["train"]["labels"], drafter.config.vocab_size)
+        draft_to_base, coverage = select_draft_vocabulary(counts, drafter.config.draft_vocab_size)
+        drafter.set_draft_vocabulary(draft_to_base)
+        summary["draft_vocab_coverage"] = coverage
+        logger.info("Draft vocabulary of %d tokens covers %.1f%% of training targets",
+                    drafter.config.draft_vocab_size, 100 * coverage)
+
+    trainer = DrafterTrainer(
+        model=drafter,
+        args=training_args,
+        base_model=base,
+        data_collator=DataCollatorForDrafter(pad_token_id=tokenizer.pad_token_id),
+        train_dataset=datasets["train"],
+        eval_dataset=datasets["eval"],
+    )
+    if training_args.phase == "train":
+        started = time.perf_counter()
+        train_output = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+        train_seconds = time.perf_counter() - started
+        trainer.save_model(training_args.output_dir)
+        seen_tokens = _trained_target_tokens(trainer, datasets["train"])
+        summary.update(
+            train_seconds=train_seconds,
+            train_steps=train_output.global_step,
+            train_loss=train_output.training_loss,
+            trained_target_tokens=seen_tokens,
+            train_tokens_per_second=seen_tokens / train_seconds if train_seconds else None,
+        )
+    metrics = trainer.evaluate()
+    summary.update(metrics)
+    accuracy_table = trainer.last_accuracy.table()
+    if trainer.is_world_process_zero():
+        os.makedirs(training_args.output_dir, exist_ok=True)
+        with open(os.path.join(training_args.output_dir, "drafter_eval.json"), "w") as f:
+            json.dump(summary, f, indent=2)
+        print(f"\nDrafter evaluation on {len(datasets['eval'])} held-out '{data_args.dataset_name}' examples:\n")
+        print(accuracy_table)
+        print(f"\nResults written to {os.path.join(training_args.output_dir, 'drafter_eval.json')}")
+    return summary
+
+
+def _trained_target_tokens(trainer: DrafterTrainer, train_dataset) -> Optional[int]:
+    """Trainable (labelled) tokens the run went through, for tokens/s: labelled tokens per example times
+    examples seen, estimated from the dataset average."""
+    examples_seen = trainer.state.global_step * trainer.args.train_batch_size * trainer.args.gradient_accumulation_steps
+    examples_seen *= trainer.args.world_size
+    per_example = count_trainable_tokens(train_dataset) / max(len(train_dataset), 1)
+    return int(examples_seen * per_example)

@@ -1,0 +1,110 @@
+"""`DrafterTrainer`: a transformers `Trainer` whose model is the drafter alone.
+
+The frozen base model lives beside the trainer, not inside the trained module, so the optimizer, the
+gradient hooks of DDP/FSDP/DeepSpeed and every checkpoint see drafter parameters only.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel, Trainer
+
+from .losses import DrafterLossOutput
+from .metrics import DraftAccuracy
+
+
+class DrafterTrainer(Trainer):
+    def __init__(self, *args, base_model: PreTrainedModel, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.base_model = base_model.to(self.args.device).eval().requires_grad_(False)
+        self._step_loss_sums: Optional[torch.Tensor] = None
+        self._step_loss_batches = 0
+        self.last_accuracy: Optional[DraftAccuracy] = None
+
+    @property
+    def drafter(self):
+        return self.accelerator.unwrap_model(self.model)
+
+    def drafter_forward(
+        self, model: torch.nn.Module, inputs: dict[str, torch.Tensor], top_k: int = 0
+    ) -> DrafterLossOutput:
+        """Base model forward (no grad) -> drafter loss through `model`'s own forward (wrapper-safe)."""
+        input_ids, attention_mask = inputs["input_ids"], inputs.get("attention_mask")
+        with torch.no_grad():
+            hidden_states = self.base_model.base_model(input_ids=input_ids, attention_mask=attention_mask)[0]
+            input_embeds = self.base_model.get_input_embeddings()(input_ids)
+        dtype = self.drafter.dtype
+        args = self.args
+        return model(
+            hidden_states=hidden_states.to(dtype),
+            input_embeds=input_embeds.to(dtype),
+            labels=inputs["labels"],
+            loss_decay=args.drafter_loss_decay,
+            base_lm_head=self._teacher_head if args.use_knowledge_distillation else None,
+            kd_temperature=args.kd_temperature,
+            kd_alpha=args.kd_alpha if args.use_knowledge_distillation else 0.0,
+            top_k=top_k,
+        )
+
+    def _teacher_head(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            head = self.base_model.get_output_embeddings()
+            return head(hidden_states.to(head.weight.dtype))
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        output = self.drafter_forward(model, inputs)
+        step_losses = torch.stack(output.step_losses).float()
+        self._step_loss_sums = step_losses if self._step_loss_sums is None else self._step_loss_sums + step_losses
+        self._step_loss_batches += 1
+        return (output.loss, output) if return_outputs else output.loss
+
+    def log(self, logs: dict[str, float], start_time: Optional[float] = None) -> None:
+        # Per-step training losses, averaged since the last log line.
+        if self._step_loss_sums is not None and "loss" in logs:
+            means = (self._step_loss_sums / self._step_loss_batches).tolist()
+            logs.update({f"loss_step{step + 1}": round(value, 4) for step, value in enumerate(means)})
+            self._step_loss_sums, self._step_loss_batches = None, 0
+        super().log(logs, start_time)
+
+    def evaluate(
+        self,
+        eval_dataset: Optional[Any] = None,
+        ignore_keys: Optional[list[str]] = None,
+        metric_key_prefix: str = "eval",
+    ) -> dict[str, float]:
+        """Loss plus per-step top-k accuracy and the expected accepted length on held-out data."""
+        dataloader = self.get_eval_dataloader(eval_dataset)
+        model = self.model
+        model.eval()
+        accuracy = DraftAccuracy(num_steps=self.drafter.num_draft_steps, top_k=self.args.eval_top_k)
+        loss_sum = torch.zeros((), device=self.args.device)
+        batches = 0
+        progress = tqdm(dataloader, desc="Evaluating drafter", disable=not self.is_local_process_zero())
+        with torch.no_grad():
+            for inputs in progress:
+                output = self.drafter_forward(model, self._prepare_inputs(inputs), top_k=self.args.eval_top_k)
+                loss_sum += output.loss.detach()
+                batches += 1
+                accuracy.update(output.step_counts)
+        # Sum counts over processes so every rank reports the same numbers.
+        flat = torch.tensor(
+            [batches, *accuracy.targets, *accuracy.out_of_vocab, *(c for row in accuracy.correct for c in row)],
+            dtype=torch.float64, device=self.args.device,
+        )
+        flat = self.accelerator.reduce(flat, reduction="sum")
+        loss_sum = self.accelerator.reduce(loss_sum, reduction="sum")
+        values = [int(v) for v in flat.tolist()]
+        steps, top_k = accuracy.num_steps, accuracy.top_k
+        batches = values[0]
+        accuracy.targets = values[1 : 1 + steps]
+        accuracy.out_of_vocab = values[1 + steps : 1 + 2 * steps]
+        accuracy.correct = [values[1 + 2 * steps + s * top_k : 1 + 2 * steps + (s + 1) * top_k] for s in range(steps)]
+        metrics = {f"{metric_key_prefix}_loss": loss_sum.item() / max(batches, 1)}
+        metrics.update(accuracy.as_dict(prefix=f"{metric_key_prefix}_"))
+        self.last_accuracy = accuracy
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        return metrics

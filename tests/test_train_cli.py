@@ -1,0 +1,63 @@
+"""The `train_speculator.py` command line: argument handling, and a short end-to-end run on the embedded model."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+import train_speculator
+from drafter import AutoDrafter, RecurrentDraftingModel
+from drafter.models.loading import EMBEDDED_BASE_MODEL
+
+
+def test_quick_preset_fills_defaults_but_explicit_flags_win():
+    model_args, data_args, training_args = train_speculator.parse_arguments(
+        ["--quick", "--max_steps", "3", "--output_dir", "somewhere"]
+    )
+    assert model_args.llm_name_or_path == EMBEDDED_BASE_MODEL
+    assert data_args.dataset_name == "sharegpt"
+    assert model_args.draft_vocab_size == train_speculator.QUICK_PRESET["draft_vocab_size"]
+    assert training_args.max_steps == 3
+    assert training_args.output_dir == "somewhere"
+
+
+def test_demo_prints_resolved_configuration(capsys):
+    train_speculator.main(["--quick", "--demo"])
+    resolved = json.loads(capsys.readouterr().out)
+    assert resolved["model"]["llm_name_or_path"] == EMBEDDED_BASE_MODEL
+    assert resolved["training"]["max_steps"] == train_speculator.QUICK_PRESET["max_steps"]
+
+
+def test_yaml_recipe(tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump({"dataset_name": "mtbench", "drafter_num_layers": 3, "output_dir": "x"}))
+    model_args, data_args, training_args = train_speculator.parse_arguments([str(recipe)])
+    assert (data_args.dataset_name, model_args.drafter_num_layers, training_args.output_dir) == ("mtbench", 3, "x")
+
+
+@pytest.mark.e2e
+def test_train_then_eval_on_embedded_model(tmp_path, capsys):
+    out = tmp_path / "drafter"
+    common = ["--quick", "--max_train_examples", "40", "--num_eval_examples", "8", "--model_max_length", "128",
+              "--draft_vocab_size", "1024", "--drafter_predict_n_tokens", "2", "--disable_tqdm", "true"]
+    train_speculator.main(common + ["--max_steps", "4", "--output_dir", str(out), "--save_strategy", "no"])
+    summary = json.loads((out / "drafter_eval.json").read_text())
+    assert summary["train_steps"] == 4
+    assert summary["train_tokens_per_second"] > 0
+    assert 0.0 <= summary["eval_step1_top1"] <= 1.0
+    assert 0 < summary["draft_vocab_coverage"] <= 1.0
+    assert "| step |" in capsys.readouterr().out
+
+    drafter = AutoDrafter.from_pretrained(str(out))
+    assert isinstance(drafter, RecurrentDraftingModel)
+    assert drafter.config.base_model_name_or_path == EMBEDDED_BASE_MODEL
+    assert drafter.config.draft_vocab_size == 1024
+
+    evaluated = tmp_path / "eval"
+    train_speculator.main(
+        common + ["--phase", "eval", "--drafter_name_or_path", str(out), "--output_dir", str(evaluated)]
+    )
+    again = json.loads((evaluated / "drafter_eval.json").read_text())
+    assert again["eval_step1_top1"] == pytest.approx(summary["eval_step1_top1"])
