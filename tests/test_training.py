@@ -141,10 +141,10 @@ def test_kd_loss_zero_when_drafter_matches_teacher():
         valid = torch.zeros_like(labels, dtype=torch.bool)
         valid[:, : 9 - (step + 2)] = True
         copy._next_logits.append(head(shifted[valid]))
-    out = drafter_loss(copy, hidden, embeds, labels, 2, base_lm_head=head, kd_alpha=1.0, kd_temperature=2.0)
+    out = drafter_loss(copy, hidden, embeds, labels, 2, teacher_head=head, kd_alpha=1.0, kd_temperature=2.0)
     assert out.loss.abs().item() < 1e-5
     # ...and a real (untrained) drafter is far from the teacher.
-    out = drafter_loss(drafter, hidden, embeds, labels, 2, base_lm_head=head, kd_alpha=1.0, kd_temperature=2.0)
+    out = drafter_loss(drafter, hidden, embeds, labels, 2, teacher_head=head, kd_alpha=1.0, kd_temperature=2.0)
     assert out.loss.item() > 0.1
 
 

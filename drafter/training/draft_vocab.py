@@ -6,13 +6,16 @@ import torch
 from tqdm.auto import tqdm
 
 
-def count_target_tokens(label_rows, vocab_size: int, ignore_index: int = -100) -> torch.Tensor:
-    """(vocab_size,) counts of every trainable target token over an iterable of label lists."""
+def count_target_tokens(
+    label_rows, vocab_size: int, ignore_index: int = -100, chunk_size: int = 2048
+) -> torch.Tensor:
+    """(vocab_size,) counts of every trainable target token over a sequence of label lists."""
     counts = torch.zeros(vocab_size, dtype=torch.long)
-    for labels in tqdm(label_rows, desc="Counting target tokens", leave=False):
-        labels = torch.as_tensor(labels, dtype=torch.long)
-        labels = labels[labels != ignore_index]
-        counts += torch.bincount(labels, minlength=vocab_size)
+    for start in tqdm(range(0, len(label_rows), chunk_size), desc="Counting target tokens", leave=False):
+        # one bincount per chunk: per-row calls dominate the cost on large datasets
+        chunk = [torch.as_tensor(row, dtype=torch.long) for row in label_rows[start : start + chunk_size]]
+        labels = torch.cat(chunk) if chunk else torch.zeros(0, dtype=torch.long)
+        counts += torch.bincount(labels[labels != ignore_index], minlength=vocab_size)
     return counts
 
 

@@ -73,7 +73,7 @@ def drafter_loss(
     labels: torch.Tensor,
     num_steps: int,
     loss_decay: float = 1.0,
-    base_lm_head: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+    teacher_head: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
     kd_temperature: float = 1.0,
     kd_alpha: float = 0.0,
     top_k: int = 0,
@@ -87,15 +87,23 @@ def drafter_loss(
     Args:
         hidden_states, input_embeds: (batch, seq, hidden) from the frozen base model.
         labels: (batch, seq) token ids, `ignore_index` where no loss is wanted (padding, non-assistant).
-        base_lm_head: the base model's output layer; required when kd_alpha > 0. The teacher for step k
+        teacher_head: maps base hidden states (n, hidden) to the base model's logits over the drafter's
+            output vocabulary (n, output_vocab_size); required when kd_alpha > 0. The teacher for step k
             at position t is the base model's next-token distribution at position t + k + 1.
         kd_alpha: weight of the distillation loss; the hard cross-entropy gets 1 - kd_alpha.
         top_k: also count top-1..top_k correct predictions (for metrics; no gradient).
     """
-    if kd_alpha > 0 and base_lm_head is None:
-        raise ValueError("knowledge distillation needs the base model's lm_head")
+    if kd_alpha > 0 and teacher_head is None:
+        raise ValueError("knowledge distillation needs a teacher_head (the base model's output layer)")
     weights = step_weights(num_steps, loss_decay)
     total = hidden_states.new_zeros((), dtype=torch.float32)
+    if kd_alpha > 0:
+        # Every step's teacher is the base distribution at some position p whose next token is a target;
+        # compute each such row once (the output layer is the expensive part) and index it per step.
+        needed = shifted_labels(labels, 1, ignore_index) != ignore_index  # (batch, seq)
+        teacher_rows = torch.zeros_like(labels)
+        teacher_rows[needed] = torch.arange(int(needed.sum()), device=labels.device)
+        teacher_logits_all = teacher_head(hidden_states[needed])  # (rows, vocab)
     step_losses, step_counts = [], []
     for step, state in iter_teacher_forced_states(drafter, hidden_states, input_embeds, num_steps):
         base_targets = shifted_labels(labels, step + 2, ignore_index)
@@ -109,9 +117,7 @@ def drafter_loss(
             hard = logits.sum() * 0.0
         step_loss = hard
         if kd_alpha > 0:
-            teacher_logits = base_lm_head(shift_left(hidden_states, step + 1)[in_sequence])
-            if drafter.has_reduced_vocabulary:
-                teacher_logits = teacher_logits[:, drafter.draft_to_base]
+            teacher_logits = teacher_logits_all[shift_left(teacher_rows, step + 1)[in_sequence]]
             soft = distillation_loss(logits, teacher_logits, kd_temperature)
             step_loss = kd_alpha * soft + (1.0 - kd_alpha) * hard
         total = total + weights[step] * step_loss

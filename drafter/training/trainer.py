@@ -43,16 +43,21 @@ class DrafterTrainer(Trainer):
             input_embeds=input_embeds.to(dtype),
             labels=inputs["labels"],
             loss_decay=args.drafter_loss_decay,
-            base_lm_head=self._teacher_head if args.use_knowledge_distillation else None,
+            teacher_head=self._teacher_head if args.use_knowledge_distillation else None,
             kd_temperature=args.kd_temperature,
             kd_alpha=args.kd_alpha if args.use_knowledge_distillation else 0.0,
             top_k=top_k,
         )
 
     def _teacher_head(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """Base logits restricted to the draft vocabulary: only those rows of the output layer are computed."""
         with torch.no_grad():
             head = self.base_model.get_output_embeddings()
-            return head(hidden_states.to(head.weight.dtype))
+            weight, bias = head.weight, getattr(head, "bias", None)
+            if self.drafter.has_reduced_vocabulary:
+                weight = weight[self.drafter.draft_to_base]
+                bias = bias[self.drafter.draft_to_base] if bias is not None else None
+            return torch.nn.functional.linear(hidden_states.to(weight.dtype), weight, bias).to(hidden_states.dtype)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         output = self.drafter_forward(model, inputs)
