@@ -8,7 +8,9 @@ from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausa
 from drafter import RecurrentDraftingConfig, RecurrentDraftingModel
 
 
-def make_tiny_llama(seed: int = 0, vocab_size: int = 96, hidden_size: int = 32, num_layers: int = 2) -> LlamaForCausalLM:
+def make_tiny_llama(
+    seed: int = 0, vocab_size: int = 96, hidden_size: int = 32, num_layers: int = 2
+) -> LlamaForCausalLM:
     torch.manual_seed(seed)
     config = LlamaConfig(
         vocab_size=vocab_size,

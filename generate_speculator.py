@@ -1,0 +1,237 @@
+#!/usr/bin/env python
+"""Generate with a trained drafter: lossless speculative decoding of its base model.
+
+    python generate_speculator.py --speculator_path outputs/drafter --interactive
+    python generate_speculator.py --speculator_path outputs/drafter --prompt "Write a haiku about CPUs."
+    python generate_speculator.py --speculator_path outputs/drafter --eval_mt_bench --batch_size 4
+    python generate_speculator.py --speculator_path outputs/drafter --eval_mt_bench --compare   # speed benchmark
+    python generate_speculator.py --base_model embedded:SmolLM2-135M-Instruct-Q4_1 --autoregressive --interactive
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+from transformers import HfArgumentParser
+
+from drafter import AutoDrafter
+from drafter.chat import ChatSession
+from drafter.data import load_prompts
+from drafter.evaluation.benchmark import BenchmarkConfig, SpeedBenchmark, encode_chat_prompts, environment
+from drafter.evaluation.report import markdown_table, plot_summary, write_json
+from drafter.generation import AutoregressiveGenerator, SpeculativeGenerator
+from drafter.models.loading import load_base_model, load_tokenizer
+
+logger = logging.getLogger("generate_speculator")
+
+
+@dataclass
+class GenerationArguments:
+    speculator_path: Optional[str] = field(default=None, metadata={"help": "A drafter saved by train_speculator.py."})
+    base_model: Optional[str] = field(
+        default=None, metadata={"help": "Base model (default: the one recorded in the drafter's config)."}
+    )
+    interactive: bool = field(default=False, metadata={"help": "Multi-turn chat on the terminal (stdin)."})
+    prompt: Optional[str] = field(default=None, metadata={"help": "Answer one prompt and exit."})
+    system_prompt: Optional[str] = field(default=None, metadata={"help": "System message for chat/prompt."})
+    eval_mt_bench: bool = field(default=False, metadata={"help": "Answer MT-Bench first turns."})
+    eval_dataset: str = field(default="mtbench", metadata={"help": "Prompt source for --eval_mt_bench."})
+    compare: bool = field(
+        default=False,
+        metadata={"help": "With --eval_mt_bench: time transformers generate, the autoregressive loop and "
+                  "speculative decoding on the same prompts (greedy, batch 1)."},
+    )
+    max_num_prompts: Optional[int] = field(default=None, metadata={"help": "Use the first N prompts."})
+    autoregressive: bool = field(default=False, metadata={"help": "Plain decoding through the same harness."})
+    output_file: Optional[str] = field(default=None, metadata={"help": "JSON with every answer and metric."})
+    chart_file: Optional[str] = field(default=None, metadata={"help": "PNG chart (--compare); default beside JSON."})
+    beam_width: int = field(default=4, metadata={"help": "Beams drafted per step."})
+    beam_length: Optional[int] = field(
+        default=None, metadata={"help": "Tokens per beam incl. the base model's own (default: drafter steps + 1)."}
+    )
+    batch_size: int = field(default=1, metadata={"help": "Prompts decoded together (--eval_mt_bench)."})
+    max_generation_length: Optional[int] = field(
+        default=None, metadata={"help": "New tokens per answer (default 128 on CPU, 256 on GPU)."}
+    )
+    temperature: float = field(default=0.0, metadata={"help": "0 = greedy; else sampling temperature."})
+    top_k: Optional[int] = field(default=None, metadata={"help": "Sampling: keep the k most likely tokens."})
+    top_p: Optional[float] = field(default=None, metadata={"help": "Sampling: nucleus probability mass."})
+    seed: int = field(default=0, metadata={"help": "Random seed for sampling."})
+    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:1, ..."})
+    dtype: str = field(default="float32", metadata={"help": "float32, bfloat16 or float16."})
+    repeats: int = field(default=1, metadata={"help": "--compare: timed runs per prompt and method (median)."})
+    warmup: int = field(default=1, metadata={"help": "--compare: untimed warm-up runs."})
+    threads: Optional[int] = field(default=None, metadata={"help": "torch CPU threads (default: torch's)."})
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def load_models(args: GenerationArguments, device: torch.device):
+    drafter = None
+    if args.speculator_path:
+        drafter = AutoDrafter.from_pretrained(args.speculator_path)
+    elif not args.autoregressive:
+        raise SystemExit("error: --speculator_path is required (or pass --autoregressive for plain decoding)")
+    base_name = args.base_model or (drafter.config.base_model_name_or_path if drafter is not None else None)
+    if not base_name:
+        raise SystemExit("error: --base_model is required (the drafter does not record its base model)")
+    base = load_base_model(base_name, dtype=args.dtype, device=device)
+    tokenizer = load_tokenizer(base_name)
+    if drafter is not None:
+        drafter.check_base_model(base)
+        drafter.to(device=device, dtype=base.dtype).eval()
+    return base, tokenizer, drafter
+
+
+def make_generator(args: GenerationArguments, base, drafter):
+    if args.autoregressive or drafter is None:
+        return AutoregressiveGenerator(base)
+    return SpeculativeGenerator(base, drafter, beam_width=args.beam_width, beam_length=args.beam_length)
+
+
+def sampling_kwargs(args: GenerationArguments) -> dict:
+    return {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p, "seed": args.seed}
+
+
+def run_chat(args: GenerationArguments, generator, tokenizer, max_new_tokens: int) -> None:
+    session = ChatSession(generator, tokenizer, max_new_tokens, args.system_prompt, **sampling_kwargs(args))
+    if args.prompt is not None:
+        stats = session.reply(args.prompt, stream=lambda text: print(text, end="", flush=True))
+        print(f"\n{stats.line()}")
+        return
+    print("Chat with the base model (speculative decoding). Commands: /reset clears the history, /exit quits.")
+    while True:
+        try:
+            user = input("\nuser> ")
+        except EOFError:
+            print()
+            break
+        if user.strip() in {"/exit", "/quit"}:
+            break
+        if user.strip() == "/reset":
+            session.reset()
+            print("(history cleared)")
+            continue
+        if not user.strip():
+            continue
+        print("assistant> ", end="", flush=True)
+        stats = session.reply(user, stream=lambda text: print(text, end="", flush=True))
+        print(f"\n{stats.line()}")
+
+
+def run_answers(args: GenerationArguments, generator, tokenizer, prompts, max_new_tokens: int) -> dict:
+    """Answer every prompt in batches; return answers and aggregate metrics."""
+    encoded = encode_chat_prompts(tokenizer, prompts)
+    answers, steps, accepted, tokens = [], 0, 0, 0
+    start = time.perf_counter()
+    for begin in range(0, len(prompts), args.batch_size):
+        batch = encoded[begin : begin + args.batch_size]
+        result = generator.generate(
+            batch, max_new_tokens=max_new_tokens, eos_token_id=tokenizer.eos_token_id, **sampling_kwargs(args)
+        )
+        for i, sequence in enumerate(result.sequences):
+            prompt = prompts[begin + i]
+            answers.append({
+                "id": prompt.get("question_id", prompt["id"]),
+                "category": prompt.get("category"),
+                "prompt": prompt["messages"][-1]["content"],
+                "answer": tokenizer.decode(sequence, skip_special_tokens=True),
+                "tokens": len(sequence),
+                "steps": result.steps_per_sequence[i],
+                "tau": result.accepted_per_sequence[i] / max(result.steps_per_sequence[i], 1),
+            })
+        steps += sum(result.steps_per_sequence)
+        accepted += sum(result.accepted_per_sequence)
+        tokens += result.num_generated_tokens
+        print(f"  {min(begin + args.batch_size, len(prompts))}/{len(prompts)} prompts, "
+              f"{tokens / (time.perf_counter() - start):.1f} tok/s", file=sys.stderr)
+    seconds = time.perf_counter() - start
+    return {
+        "method": "autoregressive" if isinstance(generator, AutoregressiveGenerator) else "speculative",
+        "prompts": len(prompts),
+        "generated_tokens": tokens,
+        "seconds": seconds,
+        "tokens_per_second": tokens / seconds,
+        "tau": accepted / steps if steps else 0.0,
+        "batch_size": args.batch_size,
+        "answers": answers,
+    }
+
+
+def run_compare(args: GenerationArguments, base, tokenizer, drafter, prompts, max_new_tokens: int) -> dict:
+    config = BenchmarkConfig(
+        max_new_tokens=max_new_tokens,
+        beam_width=args.beam_width,
+        beam_length=args.beam_length,
+        repeats=args.repeats,
+        warmup=args.warmup,
+    )
+    benchmark = SpeedBenchmark(base, drafter, tokenizer.eos_token_id, tokenizer.pad_token_id, config)
+    encoded = encode_chat_prompts(tokenizer, prompts)
+    benchmark.run(encoded)
+    summary = benchmark.summary()
+    summary["answers"] = [
+        {
+            "id": prompt.get("question_id", prompt["id"]),
+            "speculative": tokenizer.decode(spec.tokens, skip_special_tokens=True),
+            "identical_to_generate": spec.tokens == ref.tokens,
+            "tau": spec.accepted / max(spec.steps, 1),
+        }
+        for prompt, spec, ref in zip(prompts, benchmark.runs["speculative"], benchmark.runs["hf_generate"])
+    ]
+    return summary
+
+
+def main(argv: list[str]) -> None:
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
+    (args,) = HfArgumentParser(GenerationArguments).parse_args_into_dataclasses(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.compare and not args.eval_mt_bench:
+        raise SystemExit("error: --compare is part of --eval_mt_bench")
+    if args.compare and args.temperature > 0:
+        raise SystemExit("error: --compare is a greedy benchmark; drop --temperature")
+    device = resolve_device(args.device)
+    max_new_tokens = args.max_generation_length or (256 if device.type == "cuda" else 128)
+    base, tokenizer, drafter = load_models(args, device)
+    settings = {k: v for k, v in vars(args).items()}
+    settings.update(max_new_tokens=max_new_tokens, device=str(device))
+
+    if args.interactive or args.prompt is not None:
+        run_chat(args, make_generator(args, base, drafter), tokenizer, max_new_tokens)
+        return
+    if not args.eval_mt_bench:
+        raise SystemExit("error: choose --interactive, --prompt TEXT or --eval_mt_bench")
+
+    prompts = load_prompts(args.eval_dataset, max_examples=args.max_num_prompts)
+    if args.compare:
+        if drafter is None:
+            raise SystemExit("error: --compare needs --speculator_path")
+        result = run_compare(args, base, tokenizer, drafter, prompts, max_new_tokens)
+        print(markdown_table(result))
+    else:
+        result = run_answers(args, make_generator(args, base, drafter), tokenizer, prompts, max_new_tokens)
+        print(f"{result['method']}: {result['prompts']} prompts, {result['generated_tokens']} tokens in "
+              f"{result['seconds']:.1f} s = {result['tokens_per_second']:.1f} tok/s, tau {result['tau']:.2f}")
+    result["settings"] = settings
+    result["environment"] = environment()
+    if args.output_file:
+        write_json(result, args.output_file)
+        print(f"Wrote {args.output_file}")
+        if args.compare:
+            chart = args.chart_file or args.output_file.rsplit(".", 1)[0] + ".png"
+            plot_summary(result, chart, title=f"{len(prompts)} {args.eval_dataset} prompts, {max_new_tokens} tokens")
+            print(f"Wrote {chart}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,147 @@
+"""The speed benchmark, its reports, the chat session and the generate_speculator CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from drafter.chat import ChatSession
+from drafter.evaluation.benchmark import BenchmarkConfig, SpeedBenchmark
+from drafter.evaluation.report import markdown_table, plot_summary
+from drafter.generation import AutoregressiveGenerator, SpeculativeGenerator
+from drafter.models.loading import EMBEDDED_BASE_MODEL
+from tests.test_generation_support import OracleDrafter, hf_greedy
+from tests.tiny_models import make_tiny_llama, make_tiny_redrafter
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def test_benchmark_summary_reports_identity_tau_and_speedup(tmp_path):
+    base = make_tiny_llama(seed=3)
+    prompts = [[5, 17, 33, 8], [9, 4, 61, 22, 13, 7]]
+    references = [prompt + hf_greedy(base, prompt, 24) for prompt in prompts]
+    drafter = OracleDrafter(base, references, num_steps=3, wrong_every=4)
+    config = BenchmarkConfig(max_new_tokens=20, beam_width=2, beam_length=4, repeats=2, warmup=1)
+    bench = SpeedBenchmark(base, drafter, eos_token_id=None, pad_token_id=0, config=config)
+    bench.run(prompts, progress=False)
+    summary = bench.summary()
+    assert summary["identical_fraction"] == 1.0
+    assert summary["methods"]["autoregressive"]["identical"] == 2
+    assert summary["methods"]["hf_generate"]["generated_tokens"] == 40
+    assert summary["tau"] > 1.5  # the oracle is right most of the time
+    assert summary["methods"]["autoregressive"]["tau"] == pytest.approx(1.0)
+    assert len(summary["acceptance_by_position"]) == 3
+    assert summary["overhead_c"] == pytest.approx(summary["tau"] / summary["speedup"] - 1)
+    table = markdown_table(summary)
+    assert "speculative" in table and "2/2" in table
+    plot_summary(summary, str(tmp_path / "chart.png"))
+    assert (tmp_path / "chart.png").stat().st_size > 1000
+
+
+def test_benchmark_rejects_unknown_methods():
+    base = make_tiny_llama()
+    with pytest.raises(ValueError, match="unknown benchmark methods"):
+        SpeedBenchmark(base, None, None, 0, BenchmarkConfig(methods=("hf_generate", "magic")))
+    with pytest.raises(ValueError, match="needs a drafter"):
+        SpeedBenchmark(base, None, None, 0, BenchmarkConfig())
+
+
+class CharTokenizer:
+    """Just enough of a tokenizer for ChatSession: one token per character (ids 3..95)."""
+
+    eos_token_id = 2
+
+    def apply_chat_template(self, messages, add_generation_prompt=True, tokenize=True):
+        text = "".join(f"<{m['role']}>{m['content']}" for m in messages)
+        text += "<assistant>" if add_generation_prompt else ""
+        return [3 + (ord(c) % 90) for c in text]
+
+    def decode(self, ids, skip_special_tokens=True):
+        return "".join(chr(ord("a") + (i % 26)) for i in ids if i != self.eos_token_id)
+
+
+def test_chat_session_streams_the_same_answer_as_plain_decoding():
+    base = make_tiny_llama(seed=1)
+    drafter = make_tiny_redrafter(base, seed=2)
+    tokenizer = CharTokenizer()
+    speculative = ChatSession(SpeculativeGenerator(base, drafter, beam_width=3, beam_length=3), tokenizer, 24)
+    plain = ChatSession(AutoregressiveGenerator(base), tokenizer, 24)
+    for turn in ["hello there", "and again"]:
+        pieces: list[str] = []
+        stats = speculative.reply(turn, stream=pieces.append)
+        reference = plain.reply(turn)
+        assert "".join(pieces) == stats.text == reference.text
+        assert stats.tokens == reference.tokens > 0
+    assert [m["role"] for m in speculative.messages] == ["user", "assistant", "user", "assistant"]
+    speculative.reset()
+    assert speculative.messages == []
+
+
+@pytest.fixture(scope="module")
+def embedded_random_drafter(tmp_path_factory):
+    """An untrained drafter for the embedded model (the CLI's behaviour, not its speed, is under test)."""
+    from drafter import AutoDrafter, RecurrentDraftingConfig
+
+    path = tmp_path_factory.mktemp("drafter")
+    config = RecurrentDraftingConfig(
+        hidden_size=576, vocab_size=49152, base_model_name_or_path=EMBEDDED_BASE_MODEL,
+        exit_dim_multiplier=1.0, drafter_num_layers=1, drafter_predict_n_tokens=2, draft_vocab_size=512,
+    )
+    AutoDrafter.from_config(config).save_pretrained(path)
+    return str(path)
+
+
+def run_cli(args, stdin: str = "", timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(
+        [sys.executable, os.path.join(REPO, "generate_speculator.py"), *args],
+        input=stdin, capture_output=True, text=True, timeout=timeout, cwd=REPO, env=env,
+    )
+
+
+@pytest.mark.e2e
+def test_interactive_chat_driven_through_stdin(embedded_random_drafter):
+    result = run_cli(
+        ["--speculator_path", embedded_random_drafter, "--interactive", "--max_generation_length", "12"],
+        stdin="What is the capital of France?\n/reset\nName a colour.\n/exit\n",
+    )
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert out.count("assistant> ") == 2
+    assert "(history cleared)" in out
+    assert out.count("tok/s") == 2 and "tokens/step]" in out
+    assert "Paris" in out
+
+
+@pytest.mark.e2e
+def test_mt_bench_compare_writes_json_and_chart(embedded_random_drafter, tmp_path):
+    output = tmp_path / "bench.json"
+    result = run_cli([
+        "--speculator_path", embedded_random_drafter, "--eval_mt_bench", "--compare", "--max_num_prompts", "2",
+        "--max_generation_length", "8", "--warmup", "0", "--output_file", str(output),
+    ])
+    assert result.returncode == 0, result.stderr
+    data = json.loads(output.read_text())
+    assert {"tau", "speedup", "identical_fraction", "methods", "environment", "settings"} <= set(data)
+    assert data["identical_fraction"] == 1.0  # lossless even with an untrained drafter
+    assert data["methods"]["speculative"]["prompts"] == 2
+    assert (tmp_path / "bench.png").is_file()
+    assert "| speculative" in result.stdout
+
+
+def test_cli_rejects_inconsistent_arguments(embedded_random_drafter):
+    result = run_cli(["--speculator_path", embedded_random_drafter, "--compare"])
+    assert result.returncode != 0 and "--compare is part of --eval_mt_bench" in result.stderr
