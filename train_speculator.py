@@ -4,7 +4,9 @@
     python train_speculator.py --quick                      # embedded SmolLM2 + ShareGPT, <= 5 min on 2 CPU cores
     python train_speculator.py --llm_name_or_path meta-llama/Llama-3.1-8B-Instruct --bf16 ...
     accelerate launch train_speculator.py ...               # multi-GPU through the HF Trainer engines
-    python train_speculator.py recipe.yaml                  # arguments from a YAML/JSON file
+    python train_speculator.py recipe.yaml                  # arguments from a YAML/JSON file (flat, or nested
+                                                            #   model:/data:/checkpoint: as ArcticTraining's)
+    python train_speculator.py recipe.yaml --max_steps 10   # ... with command-line overrides
     python train_speculator.py --phase eval --drafter_name_or_path outputs/drafter
 """
 
@@ -15,9 +17,16 @@ import json
 import logging
 import sys
 
+import yaml
 from transformers import HfArgumentParser
 
-from drafter.training.arguments import DataArguments, DrafterTrainingArguments, ModelArguments
+from drafter.training.arguments import (
+    DataArguments,
+    DrafterTrainingArguments,
+    ModelArguments,
+    flatten_recipe,
+    is_nested_recipe,
+)
 from drafter.training.run import run
 
 # --quick: sized on a 2-core CPU to finish in <= 300 s including model conversion and data preparation
@@ -49,10 +58,13 @@ QUICK_PRESET = {
 
 def parse_arguments(argv: list[str]):
     parser = HfArgumentParser((ModelArguments, DataArguments, DrafterTrainingArguments))
-    if len(argv) == 1 and argv[0].endswith((".yaml", ".yml")):
-        return parser.parse_yaml_file(argv[0])
-    if len(argv) == 1 and argv[0].endswith(".json"):
-        return parser.parse_json_file(argv[0])
+    if argv and argv[0].endswith((".yaml", ".yml", ".json")):
+        recipe = load_recipe(argv[0])
+        if len(argv) > 1:  # command-line overrides of the recipe
+            explicit = _explicit_keys(argv[1:])
+            for args in parser.parse_args_into_dataclasses(argv[1:]):
+                recipe.update({k: v for k, v in _as_dict(args).items() if k in explicit})
+        return parser.parse_dict(recipe)
     model_args, data_args, training_args = parser.parse_args_into_dataclasses(argv)
     if training_args.quick:
         explicit = {arg[2:].split("=")[0] for arg in argv if arg.startswith("--")}
@@ -61,6 +73,19 @@ def parse_arguments(argv: list[str]):
             {**_as_dict(model_args), **_as_dict(data_args), **_as_dict(training_args), **overrides}
         )
     return model_args, data_args, training_args
+
+
+def load_recipe(path: str) -> dict:
+    """A YAML/JSON recipe as flat argument names (the nested ArcticTraining shape is flattened)."""
+    with open(path) as f:
+        recipe = json.load(f) if path.endswith(".json") else yaml.safe_load(f)
+    recipe = recipe or {}
+    return flatten_recipe(recipe) if is_nested_recipe(recipe) else recipe
+
+
+def _explicit_keys(argv: list[str]) -> set[str]:
+    keys = {arg[2:].split("=")[0] for arg in argv if arg.startswith("--")}
+    return keys | {key[3:] for key in keys if key.startswith("no_")}
 
 
 def _as_dict(args) -> dict:

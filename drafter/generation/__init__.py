@@ -1,7 +1,7 @@
 """Lossless speculative decoding (ReDrafter beam search + dynamic tree attention) and the plain baseline."""
 
 from .autoregressive import AutoregressiveGenerator, autoregressive_generate
-from .drafting import BeamSearchOutput, beam_search
+from .drafting import BeamSearchOutput, beam_search, topk_tree_candidates
 from .generator import SpeculativeGenerator
 from .kv_cache import SlotKVCache
 from .loop import DecodingState
@@ -29,6 +29,7 @@ __all__ = [
     "max_tree_size",
     "sampling_accept",
     "select_tokens",
+    "topk_tree_candidates",
     "warp_logits",
     "warped_probs",
 ]

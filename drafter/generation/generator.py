@@ -2,7 +2,8 @@
 
 One step, for every running sequence at once:
 
-1. drafting: beam search over the drafter from the last verified hidden state and the next token;
+1. drafting: beam search over the drafter from the last verified hidden state and the next token (or, with
+   `top_k_tokens_per_head`, the per-head top-k candidate tree of MLP / Arctic speculators);
 2. verification: the unique beam prefixes form a token tree; ONE decoder pass scores all tree nodes on top of
    the KV cache (4-D mask: the sequence's cached tokens plus the node's own ancestors; positions = tokens so
    far + depth); the base model's choices then accept a path (greedy or rejection sampling) and a bonus token;
@@ -16,12 +17,12 @@ Everything a step needs stays on the device; the only host sync is reading back 
 from __future__ import annotations
 
 import warnings
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import torch
 from transformers import PreTrainedModel
 
-from .drafting import beam_search
+from .drafting import beam_search, num_topk_candidates, topk_tree_candidates
 from .loop import BatchedDecoder, DecodingState, StepOutput
 from .result import PhaseTimer
 from .sampling import SamplingConfig, warped_probs
@@ -40,6 +41,11 @@ class SpeculativeGenerator(BatchedDecoder):
             num_draft_steps + 1.
         static_tree_size: verify max_tree_size(W, L) nodes every step instead of the batch's unique-prefix
             count, which saves a host sync per step (for accelerators) at the cost of extra nodes.
+        top_k_tokens_per_head: draft a per-head top-k candidate tree instead of beam search (MLP / Arctic
+            speculators' candidates, see `drafting.topk_tree_candidates`): e.g. [4, 3, 2] drafts 3 tokens, every
+            node expanding its own top-k, 24 candidates; [1] * n is a single greedy chain. Sets
+            beam_length = len + 1 and beam_width = the number of candidates (beam_width/beam_length are ignored).
+        n_candidates: with top_k_tokens_per_head, keep only the best this many candidates (default: all).
     """
 
     def __init__(
@@ -49,9 +55,24 @@ class SpeculativeGenerator(BatchedDecoder):
         beam_width: int = 4,
         beam_length: Optional[int] = None,
         static_tree_size: bool = False,
+        top_k_tokens_per_head: Optional[Sequence[int]] = None,
+        n_candidates: Optional[int] = None,
     ):
         super().__init__(base_model)
         drafter.check_base_model(base_model)
+        self.top_k_tokens_per_head = None
+        self.n_candidates = n_candidates
+        if top_k_tokens_per_head is not None:
+            top_k = [int(k) for k in top_k_tokens_per_head]
+            if not top_k or min(top_k) < 1:
+                raise ValueError(f"top_k_tokens_per_head needs >= 1 entries, all >= 1; got {top_k}")
+            if n_candidates is not None and n_candidates < 1:
+                raise ValueError(f"n_candidates must be >= 1, got {n_candidates}")
+            self.top_k_tokens_per_head = top_k
+            beam_length = len(top_k) + 1
+            beam_width = num_topk_candidates(top_k, n_candidates)
+        elif n_candidates is not None:
+            raise ValueError("n_candidates needs top_k_tokens_per_head")
         if beam_length is None:
             beam_length = drafter.num_draft_steps + 1
         if beam_length < 2:
@@ -88,9 +109,15 @@ class SpeculativeGenerator(BatchedDecoder):
         timer = timer or PhaseTimer(runner.device)
         with timer.phase("drafting"):
             context = state.hidden if self._drafter_dtype is None else state.hidden.to(self._drafter_dtype)
-            beams = beam_search(
-                self.drafter, runner.embed_tokens, context, state.next_tokens, self.beam_width, self.beam_length
-            ).beams
+            if self.top_k_tokens_per_head is not None:
+                beams = topk_tree_candidates(
+                    self.drafter, runner.embed_tokens, context, state.next_tokens, self.top_k_tokens_per_head,
+                    self.n_candidates,
+                ).beams
+            else:
+                beams = beam_search(
+                    self.drafter, runner.embed_tokens, context, state.next_tokens, self.beam_width, self.beam_length
+                ).beams
 
         with timer.phase("verification"):
             tree = build_tree(beams, static_size=self.static_tree_size)

@@ -9,11 +9,13 @@ from typing import Dict, Type
 
 from transformers import AutoConfig, AutoModel
 
+from .arctic_lstm import ArcticLSTMSpeculator, ArcticLSTMSpeculatorConfig
 from .base_drafter import DrafterConfig, DrafterPreTrainedModel
 from .redrafter import RecurrentDraftingConfig, RecurrentDraftingModel
 
 DRAFTER_FAMILIES: Dict[str, Type[DrafterPreTrainedModel]] = {
     RecurrentDraftingConfig.model_type: RecurrentDraftingModel,
+    ArcticLSTMSpeculatorConfig.model_type: ArcticLSTMSpeculator,
 }
 
 

@@ -49,6 +49,8 @@ class DrafterPreTrainedModel(PreTrainedModel):
     config_class = DrafterConfig
     base_model_prefix = "drafter"
     supports_gradient_checkpointing = False
+    # True: advance_state receives base token ids instead of base input embeddings (the drafter embeds them).
+    consumes_token_ids = False
 
     def __init__(self, config: DrafterConfig):
         super().__init__(config)
@@ -77,6 +79,7 @@ class DrafterPreTrainedModel(PreTrainedModel):
         input_embeds: torch.Tensor,
         labels: Optional[torch.Tensor] = None,
         num_steps: Optional[int] = None,
+        input_ids: Optional[torch.Tensor] = None,
         **loss_kwargs,
     ):
         """Teacher-forced drafting at every position of a sequence (training and evaluation).
@@ -84,6 +87,8 @@ class DrafterPreTrainedModel(PreTrainedModel):
         Args:
             hidden_states: (batch, seq, hidden) base last hidden states.
             input_embeds: (batch, seq, hidden) base input embeddings of the same sequence's tokens.
+            input_ids: (batch, seq) the sequence's token ids; required by drafters that embed tokens themselves
+                (`consumes_token_ids = True`), ignored by the others.
             labels: (batch, seq) targets (-100 = no loss). When given, returns a `DrafterLossOutput`
                 (extra keyword arguments go to `drafter.training.losses.drafter_loss`); the loss is
                 computed inside forward so that distributed wrappers (DDP/FSDP) see the computation.
@@ -95,11 +100,13 @@ class DrafterPreTrainedModel(PreTrainedModel):
 
         num_steps = num_steps or self.num_draft_steps
         if labels is not None:
-            return drafter_loss(self, hidden_states, input_embeds, labels, num_steps, **loss_kwargs)
+            return drafter_loss(
+                self, hidden_states, input_embeds, labels, num_steps, input_ids=input_ids, **loss_kwargs
+            )
         return torch.stack(
             [
                 self.compute_logits(hidden_states, state, step)
-                for step, state in iter_teacher_forced_states(self, hidden_states, input_embeds, num_steps)
+                for step, state in iter_teacher_forced_states(self, hidden_states, input_embeds, num_steps, input_ids)
             ]
         )
 

@@ -20,13 +20,34 @@ class ModelArguments:
     drafter_name_or_path: Optional[str] = field(
         default=None, metadata={"help": "A saved drafter: initial weights for training, or the one to evaluate."}
     )
-    drafter_type: str = field(default="redrafter", metadata={"help": "Drafter family.", "choices": ["redrafter"]})
+    drafter_type: str = field(
+        default="redrafter", metadata={"help": "Drafter family.", "choices": ["redrafter", "arctic_lstm"]}
+    )
     drafter_num_layers: int = field(default=2, metadata={"help": "Residual blocks in the ReDrafter head."})
     exit_dim_multiplier: float = field(
         default=2.0, metadata={"help": "Residual width / base hidden size (2.0 = [h; s] width, no projection)."}
     )
     rnn: bool = field(default=True, metadata={"help": "Recurrent state update (else a running embedding sum)."})
     drafter_predict_n_tokens: int = field(default=5, metadata={"help": "Drafting steps trained."})
+    # Arctic LSTM / MLP speculator (drafter_type arctic_lstm); see drafter.models.arctic_lstm.
+    n_speculator_heads: int = field(default=3, metadata={"help": "arctic_lstm: heads (tokens drafted per step)."})
+    speculator_width: Optional[int] = field(
+        default=None, metadata={"help": "arctic_lstm: state width (inner_dim); default the base hidden size."}
+    )
+    proj_dim: Optional[int] = field(default=None, metadata={"help": "arctic_lstm: must equal speculator_width."})
+    emb_dim: Optional[int] = field(default=None, metadata={"help": "arctic_lstm: must equal speculator_width."})
+    method: str = field(
+        default="sum_lstm",
+        metadata={"help": "arctic_lstm: sum_lstm (gated LSTM state) or sum_rnn (MLP speculator).",
+                  "choices": ["sum_lstm", "sum_rnn"]},
+    )
+    tie_weights: bool = field(
+        default=True, metadata={"help": "arctic_lstm: share embedding, norms, head and projection across heads."}
+    )
+    scale_input: bool = field(default=True, metadata={"help": "arctic_lstm: feed LN(h)/sqrt(2) instead of h."})
+    tie_lstm_embs: bool = field(
+        default=True, metadata={"help": "arctic_lstm (sum_lstm): one token embedding for all four gates."}
+    )
     draft_vocab_size: Optional[int] = field(
         default=None,
         metadata={"help": "Draft over the N most frequent target tokens of the training data (None: full vocab)."},
@@ -74,3 +95,155 @@ class DrafterTrainingArguments(TrainingArguments):
     report_to: Optional[list[str]] = field(
         default_factory=lambda: ["none"], metadata={"help": "tensorboard, wandb, ... (default none)."}
     )
+
+
+# ----------------------------------------------------------------------------- recipe files
+# `python train_speculator.py recipe.yaml` accepts the flat shape (every key an argument above) or the nested shape
+# of ArcticTraining's speculator recipes:
+#
+#   model:      {name_or_path, n_speculator_heads, speculator_width, proj_dim, emb_dim, method,
+#                tie_weights | speculator_tie_weights, scale_input | speculator_scale_input, tie_lstm_embs, ...}
+#   data:       {sources: [name_or_path | {name_or_path: ...}], max_length, ...DataArguments}
+#   checkpoint: {output_dir, save_every_n_steps}  or a list of such entries (the first non-deepspeed one wins)
+#   training:   {...DrafterTrainingArguments}     (training keys may also sit at the top level)
+#   optimizer:  {lr, weight_decay, betas}         scheduler: {name, warmup_ratio}
+#
+# ArcticTraining-only sections (type, tokenizer, deepspeed, logger, wandb) are ignored; any other unknown key fails.
+RECIPE_IGNORED_KEYS = frozenset({"type", "tokenizer", "deepspeed", "logger", "wandb"})
+_MODEL_ALIASES = {
+    "name_or_path": "llm_name_or_path",
+    "speculator_tie_weights": "tie_weights",
+    "speculator_scale_input": "scale_input",
+    "dtype": "base_dtype",
+}
+_MODEL_IGNORED = frozenset({"type", "disable_activation_checkpoint", "attn_implementation"})
+_DATA_ALIASES = {"max_length": "model_max_length"}
+_DATA_IGNORED = frozenset({"type", "cache_dir", "num_proc"})
+_TRAINING_ALIASES = {
+    "micro_batch_size": "per_device_train_batch_size",
+    "train_iters": "max_steps",
+    "epochs": "num_train_epochs",
+}
+_DTYPE_ALIASES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32", "float": "float32", "half": "float16"}
+
+
+def is_nested_recipe(recipe: dict) -> bool:
+    """Whether a recipe uses the nested (ArcticTraining) shape rather than flat argument names."""
+    return any(isinstance(recipe.get(section), (dict, list)) for section in ("model", "data", "checkpoint", "training"))
+
+
+def flatten_recipe(recipe: dict) -> dict:
+    """Map a nested recipe onto flat `ModelArguments` / `DataArguments` / `DrafterTrainingArguments` names.
+
+    Values are converted to the fields' types where they are strings (YAML reads `1e-3` and ArcticTraining's
+    `"4096"` dims as strings). Raises ValueError for what has no counterpart here (several data sources, dotted
+    multi-layer dims, conflicting duplicates, unknown sections).
+    """
+    flat: dict = {}
+    origin: dict = {}
+
+    def put(key: str, value, where: str) -> None:
+        if key in flat and flat[key] != value:
+            raise ValueError(f"Recipe sets '{key}' twice: {flat[key]!r} ({origin[key]}) and {value!r} ({where})")
+        flat[key], origin[key] = value, where
+
+    recipe = dict(recipe)
+    model = dict(recipe.pop("model", None) or {})
+    for key, value in model.items():
+        if key in _MODEL_IGNORED:
+            continue
+        key = _MODEL_ALIASES.get(key, key)
+        if key == "base_dtype" and isinstance(value, str):
+            value = _DTYPE_ALIASES.get(value, value)
+        put(key, value, "model")
+    if model:
+        flat.setdefault("drafter_type", "arctic_lstm")
+
+    data = dict(recipe.pop("data", None) or {})
+    sources = data.pop("sources", None)
+    if sources is not None:
+        sources = sources if isinstance(sources, list) else [sources]
+        names = [s.get("name_or_path") if isinstance(s, dict) else s for s in sources]
+        if len(names) != 1 or not names[0]:
+            raise ValueError(
+                f"data.sources must name exactly one dataset (got {names}); merge several into one folder or file "
+                "first (e.g. one `python -m drafter.data.generate` output folder)"
+            )
+        put("dataset_name", str(names[0]), "data.sources")
+    for key, value in data.items():
+        if key not in _DATA_IGNORED:
+            put(_DATA_ALIASES.get(key, key), value, "data")
+
+    checkpoint = recipe.pop("checkpoint", None)
+    if checkpoint is not None:
+        entries = checkpoint if isinstance(checkpoint, list) else [checkpoint]
+        with_dir = [e for e in entries if isinstance(e, dict) and e.get("output_dir")]
+        final = [e for e in with_dir if e.get("type") != "deepspeed"] or with_dir
+        if final:
+            put("output_dir", str(final[0]["output_dir"]), "checkpoint.output_dir")
+        every = [e["save_every_n_steps"] for e in entries if isinstance(e, dict) and e.get("save_every_n_steps")]
+        if every:
+            put("save_strategy", "steps", "checkpoint.save_every_n_steps")
+            put("save_steps", int(every[0]), "checkpoint.save_every_n_steps")
+
+    optimizer = dict(recipe.pop("optimizer", None) or {})
+    optimizer.pop("type", None)
+    optimizer.pop("name", None)
+    if "lr" in optimizer:
+        put("learning_rate", optimizer.pop("lr"), "optimizer.lr")
+    if "betas" in optimizer:
+        beta1, beta2 = optimizer.pop("betas")
+        put("adam_beta1", beta1, "optimizer.betas")
+        put("adam_beta2", beta2, "optimizer.betas")
+    for key, value in optimizer.items():
+        put(key, value, "optimizer")
+
+    scheduler = dict(recipe.pop("scheduler", None) or {})
+    for name_key in ("name", "type"):
+        if name_key in scheduler:
+            put("lr_scheduler_type", scheduler.pop(name_key), f"scheduler.{name_key}")
+    if "warmup_ratio" in scheduler:  # transformers: a float warmup_steps in [0, 1) is a ratio
+        put("warmup_steps", float(scheduler.pop("warmup_ratio")), "scheduler.warmup_ratio")
+    for key, value in scheduler.items():
+        put(key, value, "scheduler")
+
+    training = dict(recipe.pop("training", None) or {})
+    for source, section in (("training", training), ("top level", recipe)):
+        for key, value in section.items():
+            if source == "top level" and key in RECIPE_IGNORED_KEYS:
+                continue
+            put(_TRAINING_ALIASES.get(key, key), value, source)
+    return _coerce_recipe_types(flat)
+
+
+def _coerce_recipe_types(flat: dict) -> dict:
+    """Strings -> int / float / bool where the argument field has that type."""
+    import dataclasses
+    import typing
+
+    hints = {}
+    for cls in (ModelArguments, DataArguments, DrafterTrainingArguments):
+        resolved = typing.get_type_hints(cls)
+        hints.update({f.name: resolved.get(f.name) for f in dataclasses.fields(cls)})
+    out = {}
+    for key, value in flat.items():
+        kind = hints.get(key)
+        args = [a for a in typing.get_args(kind) if a is not type(None)]
+        if typing.get_origin(kind) is typing.Union and len(args) == 1:
+            kind = args[0]
+        if isinstance(value, str):
+            if kind is float:
+                value = float(value)
+            elif kind is int:
+                try:
+                    number = float(value)
+                except ValueError:
+                    number = None
+                if number is None or not number.is_integer():
+                    hint = " (ArcticTraining's dotted multi-layer dims are not supported)" if "." in value else ""
+                    raise ValueError(f"{key}={value!r} is not an integer{hint}")
+                value = int(number)
+            elif kind is bool:
+                value = value.strip().lower() in ("1", "true", "yes", "on")
+        out[key] = value
+    return out

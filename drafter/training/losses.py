@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Iterator, List, Optional, Tuple
 
 import torch
+
+from ..generation.drafting import map_state
 
 
 def shift_left(x: torch.Tensor, shift: int) -> torch.Tensor:
@@ -18,16 +20,26 @@ def shift_left(x: torch.Tensor, shift: int) -> torch.Tensor:
 
 
 def iter_teacher_forced_states(
-    drafter, hidden_states: torch.Tensor, input_embeds: torch.Tensor, num_steps: int
-) -> Iterator[Tuple[int, torch.Tensor]]:
+    drafter,
+    hidden_states: torch.Tensor,
+    input_embeds: Optional[torch.Tensor],
+    num_steps: int,
+    input_ids: Optional[torch.Tensor] = None,
+) -> Iterator[Tuple[int, Any]]:
     """Drafter states at every position for steps 0..num_steps-1 with the true tokens fed in.
 
     Step k's state at position t has consumed tokens t+1..t+k+1 and predicts token t+k+2.
-    hidden_states, input_embeds: (batch, seq, hidden). Yields (step, state (batch, seq, state_dim)).
+    hidden_states, input_embeds: (batch, seq, hidden); input_ids: (batch, seq), fed instead of the embeddings to
+    drafters with `consumes_token_ids = True` (which own their token embeddings).
+    Yields (step, state): (batch, seq, state_dim), or a tuple/dict of such tensors.
     """
+    tokens = input_ids if getattr(drafter, "consumes_token_ids", False) else input_embeds
+    if tokens is None:
+        wanted = "input_ids" if getattr(drafter, "consumes_token_ids", False) else "input_embeds"
+        raise ValueError(f"{type(drafter).__name__} reads {wanted}: pass {wanted} to its forward / drafter_loss")
     state = drafter.initial_state(hidden_states)
     for step in range(num_steps):
-        state = drafter.advance_state(state, shift_left(input_embeds, step + 1), step)
+        state = drafter.advance_state(state, shift_left(tokens, step + 1), step)
         yield step, state
 
 
@@ -78,6 +90,7 @@ def drafter_loss(
     kd_alpha: float = 0.0,
     top_k: int = 0,
     ignore_index: int = -100,
+    input_ids: Optional[torch.Tensor] = None,
 ) -> DrafterLossOutput:
     """Training loss of a drafter over every position of a batch, with the true tokens fed in.
 
@@ -92,6 +105,7 @@ def drafter_loss(
             at position t is the base model's next-token distribution at position t + k + 1.
         kd_alpha: weight of the distillation loss; the hard cross-entropy gets 1 - kd_alpha.
         top_k: also count top-1..top_k correct predictions (for metrics; no gradient).
+        input_ids: (batch, seq) the tokens of the sequence; needed by drafters that read token ids.
     """
     if kd_alpha > 0 and teacher_head is None:
         raise ValueError("knowledge distillation needs a teacher_head (the base model's output layer)")
@@ -105,11 +119,12 @@ def drafter_loss(
         teacher_rows[needed] = torch.arange(int(needed.sum()), device=labels.device)
         teacher_logits_all = teacher_head(hidden_states[needed])  # (rows, vocab)
     step_losses, step_counts = [], []
-    for step, state in iter_teacher_forced_states(drafter, hidden_states, input_embeds, num_steps):
+    for step, state in iter_teacher_forced_states(drafter, hidden_states, input_embeds, num_steps, input_ids):
         base_targets = shifted_labels(labels, step + 2, ignore_index)
         in_sequence = base_targets != ignore_index  # (batch, seq)
         targets = drafter.to_draft_ids(base_targets, ignore_index)[in_sequence]  # (n,)
-        logits = drafter.compute_logits(hidden_states[in_sequence], state[in_sequence], step)  # (n, vocab)
+        selected = map_state(state, lambda s, rows=in_sequence: s[rows])
+        logits = drafter.compute_logits(hidden_states[in_sequence], selected, step)  # (n, vocab)
         in_vocab = targets != ignore_index
         if in_vocab.any():
             hard = torch.nn.functional.cross_entropy(logits[in_vocab].float(), targets[in_vocab])

@@ -12,7 +12,13 @@ import torch
 from transformers import PreTrainedModel
 
 from ..data import DataCollatorForDrafter, build_tokenized_datasets
-from ..models import AutoDrafter, DrafterPreTrainedModel, RecurrentDraftingConfig
+from ..models import (
+    ArcticLSTMSpeculatorConfig,
+    AutoDrafter,
+    DrafterConfig,
+    DrafterPreTrainedModel,
+    RecurrentDraftingConfig,
+)
 from ..models.loading import load_base_model, load_tokenizer
 from .arguments import DataArguments, DrafterTrainingArguments, ModelArguments
 from .draft_vocab import count_target_tokens, select_draft_vocabulary
@@ -36,21 +42,40 @@ def build_drafter(model_args: ModelArguments, base: PreTrainedModel) -> DrafterP
     if model_args.drafter_name_or_path:
         drafter = AutoDrafter.from_pretrained(model_args.drafter_name_or_path)
     else:
-        text_config = base.config.get_text_config()
-        drafter = AutoDrafter.from_config(
-            RecurrentDraftingConfig(
-                hidden_size=text_config.hidden_size,
-                vocab_size=base.get_input_embeddings().num_embeddings,
-                base_model_name_or_path=model_args.llm_name_or_path,
-                drafter_num_layers=model_args.drafter_num_layers,
-                exit_dim_multiplier=model_args.exit_dim_multiplier,
-                rnn=model_args.rnn,
-                drafter_predict_n_tokens=model_args.drafter_predict_n_tokens,
-                draft_vocab_size=model_args.draft_vocab_size,
-            )
-        )
+        drafter = AutoDrafter.from_config(drafter_config(model_args, base))
     drafter.check_base_model(base)
     return drafter
+
+
+def drafter_config(model_args: ModelArguments, base: PreTrainedModel) -> DrafterConfig:
+    """The config of a fresh drafter of family `model_args.drafter_type`, sized for `base`."""
+    common = dict(
+        hidden_size=base.config.get_text_config().hidden_size,
+        vocab_size=base.get_input_embeddings().num_embeddings,
+        base_model_name_or_path=model_args.llm_name_or_path,
+        draft_vocab_size=model_args.draft_vocab_size,
+    )
+    if model_args.drafter_type == "arctic_lstm":
+        return ArcticLSTMSpeculatorConfig(
+            n_speculator_heads=model_args.n_speculator_heads,
+            speculator_width=model_args.speculator_width,
+            proj_dim=model_args.proj_dim,
+            emb_dim=model_args.emb_dim,
+            method=model_args.method,
+            tie_weights=model_args.tie_weights,
+            scale_input=model_args.scale_input,
+            tie_lstm_embs=model_args.tie_lstm_embs,
+            **common,
+        )
+    if model_args.drafter_type != "redrafter":
+        raise ValueError(f"Unknown drafter_type '{model_args.drafter_type}': use redrafter or arctic_lstm")
+    return RecurrentDraftingConfig(
+        drafter_num_layers=model_args.drafter_num_layers,
+        exit_dim_multiplier=model_args.exit_dim_multiplier,
+        rnn=model_args.rnn,
+        drafter_predict_n_tokens=model_args.drafter_predict_n_tokens,
+        **common,
+    )
 
 
 def count_trainable_tokens(dataset) -> int:

@@ -42,6 +42,7 @@ class DrafterTrainer(Trainer):
             hidden_states=hidden_states.to(dtype),
             input_embeds=input_embeds.to(dtype),
             labels=inputs["labels"],
+            input_ids=input_ids,
             loss_decay=args.drafter_loss_decay,
             teacher_head=self._teacher_head if args.use_knowledge_distillation else None,
             kd_temperature=args.kd_temperature,
