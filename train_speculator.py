@@ -67,7 +67,7 @@ def parse_arguments(argv: list[str]):
         return parser.parse_dict(recipe)
     model_args, data_args, training_args = parser.parse_args_into_dataclasses(argv)
     if training_args.quick:
-        explicit = {arg[2:].split("=")[0] for arg in argv if arg.startswith("--")}
+        explicit = _explicit_keys(argv)
         overrides = {k: v for k, v in QUICK_PRESET.items() if k not in explicit}
         return parser.parse_dict(
             {**_as_dict(model_args), **_as_dict(data_args), **_as_dict(training_args), **overrides}
