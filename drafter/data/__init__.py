@@ -1,5 +1,5 @@
 """Data pipeline: conversation sources, chat-template tokenisation with assistant-only labels, cached
-tokenised datasets and the padding collator."""
+tokenised datasets and the padding collator; teacher regeneration (`generate`) and distilled targets (`distill`)."""
 
 from .chat import (
     IGNORE_INDEX,
@@ -20,8 +20,31 @@ from .sources import (
     normalize_messages,
 )
 
+# Imported on first use: keeps `python -m drafter.data.generate` free of runpy's double-import warning.
+_LAZY_EXPORTS = {
+    "TeacherGenerationConfig": "generate",
+    "generate_teacher_data": "generate",
+    "merge_teacher_shards": "generate",
+    "add_distill_targets": "distill",
+    "compute_distill_targets": "distill",
+}
+
+
+def __getattr__(name):
+    if name in _LAZY_EXPORTS:
+        import importlib
+
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY_EXPORTS[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
     "BUILTIN_NAMES",
+    "TeacherGenerationConfig",
+    "add_distill_targets",
+    "compute_distill_targets",
+    "generate_teacher_data",
+    "merge_teacher_shards",
     "DataCollatorForDrafter",
     "DataSourceError",
     "IGNORE_INDEX",

@@ -11,7 +11,9 @@ Names understood by :func:`load_conversations`:
 * ``mtbench``: the 80 MT-Bench questions shipped with this package (first turn as a user message);
 * ``alpaca`` / ``wikitext``: Hugging Face Hub datasets (need network; a clear error says what to do offline);
 * a path to a local ``.json`` / ``.jsonl`` / ``.parquet`` file with ``messages``, ``conversations`` (ShareGPT),
-  ``text``, or prompt/response style columns.
+  ``text``, or prompt/response style columns;
+* a folder holding such a file as ``data.jsonl`` / ``data.json`` / ``data.parquet`` (e.g. teacher data written
+  by ``python -m drafter.data.generate``).
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ CONVERTER_VERSION = 1
 
 MTBENCH_FILE = "mt_bench_questions.jsonl"
 LOCAL_EXTENSIONS = (".json", ".jsonl", ".parquet")
+# A folder passed as a dataset is read through the first of these files it holds.
+DIRECTORY_DATA_FILES = ("data.jsonl", "data.json", "data.parquet")
 HUB_SOURCES: Dict[str, Tuple[str, Optional[str]]] = {
     "alpaca": ("tatsu-lab/alpaca", None),
     "wikitext": ("Salesforce/wikitext", "wikitext-2-raw-v1"),
@@ -98,6 +102,16 @@ def resolve_source(dataset_name: str) -> Tuple[str, Optional[Path]]:
         raise DataSourceError(
             f"Unknown dataset '{name}'. Use one of {list(BUILTIN_NAMES)} or a path to a local "
             f"{'/'.join(LOCAL_EXTENSIONS)} file."
+        )
+    if path.is_dir():
+        # A folder holding its data as one file, e.g. the output of `python -m drafter.data.generate`.
+        for candidate in DIRECTORY_DATA_FILES:
+            if (path / candidate).is_file():
+                return "file", (path / candidate).resolve()
+        raise FileNotFoundError(
+            f"Dataset folder '{name}' has none of {list(DIRECTORY_DATA_FILES)}. A teacher-generation folder gets "
+            f"data.jsonl once all its shards are done (or: python -m drafter.data.generate --merge --output_dir "
+            f"{name})."
         )
     if not path.is_file():
         raise FileNotFoundError(f"Dataset file '{name}' does not exist (or is not a file).")
