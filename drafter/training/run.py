@@ -10,6 +10,7 @@ from typing import Optional
 
 import torch
 from transformers import PreTrainedModel
+from transformers.trainer_utils import get_last_checkpoint
 
 from ..data import DataCollatorForDrafter, build_tokenized_datasets
 from ..models import (
@@ -124,10 +125,14 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Dra
         train_output = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
         train_seconds = time.perf_counter() - started
         trainer.save_model(training_args.output_dir)
-        seen_tokens = _trained_target_tokens(trainer, datasets["train"])
+        steps_run = train_output.global_step - _checkpoint_step(
+            training_args.resume_from_checkpoint, training_args.output_dir
+        )
+        seen_tokens = _trained_target_tokens(trainer, datasets["train"], steps_run)
         summary.update(
             train_seconds=train_seconds,
             train_steps=train_output.global_step,
+            train_steps_this_run=steps_run,
             train_loss=train_output.training_loss,
             trained_target_tokens=seen_tokens,
             train_tokens_per_second=seen_tokens / train_seconds if train_seconds else None,
@@ -145,10 +150,20 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Dra
     return summary
 
 
-def _trained_target_tokens(trainer: DrafterTrainer, train_dataset) -> Optional[int]:
-    """Trainable (labelled) tokens the run went through, for tokens/s: labelled tokens per example times
-    examples seen, estimated from the dataset average."""
-    examples_seen = trainer.state.global_step * trainer.args.train_batch_size * trainer.args.gradient_accumulation_steps
-    examples_seen *= trainer.args.world_size
+def _checkpoint_step(checkpoint, output_dir: str) -> int:
+    """The global step a resumed run starts from (0 for a fresh run); `True` means the latest checkpoint."""
+    if checkpoint in (True, "True", "true"):
+        checkpoint = get_last_checkpoint(output_dir)
+    if not checkpoint or not os.path.isdir(checkpoint):
+        return 0
+    with open(os.path.join(checkpoint, "trainer_state.json")) as f:
+        return int(json.load(f)["global_step"])
+
+
+def _trained_target_tokens(trainer: DrafterTrainer, train_dataset, steps: int) -> Optional[int]:
+    """Trainable (labelled) tokens this invocation went through, for tokens/s: labelled tokens per example
+    times examples seen, estimated from the dataset average."""
+    args = trainer.args
+    examples_seen = steps * args.train_batch_size * args.gradient_accumulation_steps * args.world_size
     per_example = count_trainable_tokens(train_dataset) / max(len(train_dataset), 1)
     return int(examples_seen * per_example)
