@@ -55,6 +55,13 @@ def test_train_then_eval_on_embedded_model(tmp_path, capsys):
     assert drafter.config.base_model_name_or_path == EMBEDDED_BASE_MODEL
     assert drafter.config.draft_vocab_size == 1024
 
+    distilled = tmp_path / "distilled"
+    train_speculator.main(
+        common + ["--max_steps", "2", "--output_dir", str(distilled), "--use_distilled_dataset",
+                  "--distill_num_future_tokens", "3", "--max_train_examples", "16"]
+    )
+    assert json.loads((distilled / "drafter_eval.json").read_text())["train_steps"] == 2
+
     evaluated = tmp_path / "eval"
     train_speculator.main(
         common + ["--phase", "eval", "--drafter_name_or_path", str(out), "--output_dir", str(evaluated)]

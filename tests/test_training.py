@@ -238,3 +238,52 @@ def test_checkpoint_holds_drafter_only_and_resume_continues(tmp_path):
     for step, loss in resumed_losses.items():
         assert math.isclose(loss, full_losses[step], rel_tol=1e-4), (step, loss, full_losses[step])
     assert os.path.isfile(checkpoint / "trainer_state.json")
+
+
+def test_distilled_loss_equals_ground_truth_loss_when_continuations_are_the_sequence():
+    """The distilled path feeds continuation tokens and targets the next one; if every continuation is the
+    true sequence, it must reproduce the ground-truth loss exactly."""
+    base = make_tiny_llama()
+    drafter = make_tiny_redrafter(base, drafter_predict_n_tokens=3)
+    input_ids = torch.randint(0, VOCAB, (2, 10))
+    hidden, embeds = base_features(base, input_ids)
+    n_future = 4
+    continuation = torch.full((2, 10, n_future), -100)
+    for t in range(10):
+        for j in range(n_future):
+            if t + 1 + j < 10:
+                continuation[:, t, j] = input_ids[:, t + 1 + j]
+    ground_truth = drafter_loss(drafter, hidden, embeds, input_ids, 3, top_k=1)
+    distilled = drafter_loss(
+        drafter, hidden, embeds, input_ids, 3, top_k=1,
+        distill_targets=continuation, distill_embeds=base.get_input_embeddings()(continuation.clamp(min=0)),
+    )
+    torch.testing.assert_close(distilled.loss, ground_truth.loss)
+    assert distilled.step_counts == ground_truth.step_counts
+    # Shorter continuations train fewer steps; KD cannot be combined with them.
+    short = drafter_loss(drafter, hidden, embeds, input_ids, 3, distill_targets=continuation[..., :2],
+                         distill_embeds=base.get_input_embeddings()(continuation[..., :2].clamp(min=0)))
+    assert len(short.step_losses) == 1
+    with pytest.raises(ValueError, match="cannot be combined"):
+        drafter_loss(drafter, hidden, embeds, input_ids, 3, distill_targets=continuation, kd_alpha=0.5,
+                     teacher_head=base.get_output_embeddings())
+
+
+def test_trainer_learns_from_distilled_dataset(tmp_path):
+    from drafter.data.distill import add_distill_targets
+
+    base = make_tiny_llama()
+    train = add_distill_targets(base, pattern_dataset(64), num_future_tokens=3, progress=False)
+    batch = DataCollatorForDrafter(pad_token_id=0)([train[0], train[1]])
+    assert batch["distill_targets"].shape == (2, 24, 3)
+    trainer = DrafterTrainer(
+        model=make_tiny_redrafter(base, drafter_predict_n_tokens=2),
+        args=training_args(tmp_path, max_steps=40, learning_rate=1e-2),
+        base_model=base,
+        data_collator=DataCollatorForDrafter(pad_token_id=0),
+        train_dataset=train,
+        eval_dataset=pattern_dataset(16, seed=1),
+    )
+    trainer.train()
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    assert losses[-1] < losses[0] - 1.0

@@ -243,7 +243,9 @@ class DataCollatorForDrafter:
 
     ``input_ids`` are padded with `pad_token_id`, ``attention_mask`` with 0 (built as ones when absent) and
     ``labels`` with `label_pad_token_id` (-100), all to the longest sequence in the batch (optionally rounded
-    up to `pad_to_multiple_of`). Returns int64 tensors of shape ``(batch, length)``.
+    up to `pad_to_multiple_of`). Returns int64 tensors of shape ``(batch, length)``; a ``distill_targets``
+    column (per token a list of N continuation ids, see `drafter.data.distill`) becomes ``(batch, length, N)``
+    padded with -100.
     """
 
     pad_token_id: int
@@ -276,6 +278,12 @@ class DataCollatorForDrafter:
         out = {"input_ids": input_ids, "attention_mask": attention_mask}
         if has_labels:
             out["labels"] = labels
+        if "distill_targets" in features[0]:
+            rows = [torch.as_tensor(f["distill_targets"], dtype=torch.long) for f in features]
+            distill = torch.full((batch, length, rows[0].shape[-1]), self.label_pad_token_id, dtype=torch.long)
+            for row, targets in enumerate(rows):
+                distill[row, : targets.shape[0]] = targets
+            out["distill_targets"] = distill
         return out
 
 

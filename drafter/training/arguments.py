@@ -72,6 +72,19 @@ class DataArguments:
     )
     max_train_examples: Optional[int] = field(default=None, metadata={"help": "Use at most this many conversations."})
     num_eval_examples: int = field(default=64, metadata={"help": "Held-out conversations for evaluation."})
+    use_distilled_dataset: bool = field(
+        default=False,
+        metadata={"help": "Train on the base model's own N-token continuations at every assistant position "
+                  "(the paper's distilled dataset) instead of the ground-truth tokens."},
+    )
+    distill_num_future_tokens: int = field(
+        default=5, metadata={"help": "Continuation length N; the drafter trains min(its steps, N - 1) steps."}
+    )
+    distill_temperature: float = field(default=0.0, metadata={"help": "0 = greedy continuations; else sampled."})
+    distill_max_examples: Optional[int] = field(
+        default=None, metadata={"help": "Distil (and train on) at most this many training conversations."}
+    )
+    distill_batch_size: int = field(default=8, metadata={"help": "Conversations per distillation forward."})
 
 
 @dataclass

@@ -25,21 +25,30 @@ def iter_teacher_forced_states(
     input_embeds: Optional[torch.Tensor],
     num_steps: int,
     input_ids: Optional[torch.Tensor] = None,
+    continuation: Optional[Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]] = None,
 ) -> Iterator[Tuple[int, Any]]:
     """Drafter states at every position for steps 0..num_steps-1 with the true tokens fed in.
 
     Step k's state at position t has consumed tokens t+1..t+k+1 and predicts token t+k+2.
     hidden_states, input_embeds: (batch, seq, hidden); input_ids: (batch, seq), fed instead of the embeddings to
     drafters with `consumes_token_ids = True` (which own their token embeddings).
+    continuation: (ids (batch, seq, N), embeds (batch, seq, N, hidden)) of a per-position continuation (the
+    distilled dataset); when given, step k feeds continuation token k instead of the sequence's token t+k+1.
     Yields (step, state): (batch, seq, state_dim), or a tuple/dict of such tensors.
     """
-    tokens = input_ids if getattr(drafter, "consumes_token_ids", False) else input_embeds
-    if tokens is None:
-        wanted = "input_ids" if getattr(drafter, "consumes_token_ids", False) else "input_embeds"
+    reads_ids = getattr(drafter, "consumes_token_ids", False)
+    if continuation is not None:
+        stream = continuation[0] if reads_ids else continuation[1]
+        step_tokens = lambda step: stream[:, :, step]  # noqa: E731
+    else:
+        stream = input_ids if reads_ids else input_embeds
+        step_tokens = lambda step: shift_left(stream, step + 1)  # noqa: E731
+    if stream is None:
+        wanted = "input_ids" if reads_ids else "input_embeds"
         raise ValueError(f"{type(drafter).__name__} reads {wanted}: pass {wanted} to its forward / drafter_loss")
     state = drafter.initial_state(hidden_states)
     for step in range(num_steps):
-        state = drafter.advance_state(state, shift_left(tokens, step + 1), step)
+        state = drafter.advance_state(state, step_tokens(step), step)
         yield step, state
 
 
@@ -91,6 +100,8 @@ def drafter_loss(
     top_k: int = 0,
     ignore_index: int = -100,
     input_ids: Optional[torch.Tensor] = None,
+    distill_targets: Optional[torch.Tensor] = None,
+    distill_embeds: Optional[torch.Tensor] = None,
 ) -> DrafterLossOutput:
     """Training loss of a drafter over every position of a batch, with the true tokens fed in.
 
@@ -106,9 +117,19 @@ def drafter_loss(
         kd_alpha: weight of the distillation loss; the hard cross-entropy gets 1 - kd_alpha.
         top_k: also count top-1..top_k correct predictions (for metrics; no gradient).
         input_ids: (batch, seq) the tokens of the sequence; needed by drafters that read token ids.
+        distill_targets: (batch, seq, N) the paper's distilled dataset: at position t, the base model's own
+            N-token continuation of the sequence up to t (`drafter.data.distill`), `ignore_index` where
+            absent. When given, step k feeds continuation tokens 0..k and targets continuation token k + 1
+            instead of the sequence's tokens; `labels` is then unused. Trains min(num_steps, N - 1) steps.
+        distill_embeds: (batch, seq, N, hidden) base input embeddings of distill_targets (for drafters that
+            read embeddings).
     """
     if kd_alpha > 0 and teacher_head is None:
         raise ValueError("knowledge distillation needs a teacher_head (the base model's output layer)")
+    if distill_targets is not None:
+        if kd_alpha > 0:
+            raise ValueError("knowledge distillation and the distilled dataset cannot be combined")
+        num_steps = min(num_steps, distill_targets.shape[-1] - 1)
     weights = step_weights(num_steps, loss_decay)
     total = hidden_states.new_zeros((), dtype=torch.float32)
     if kd_alpha > 0:
@@ -119,8 +140,15 @@ def drafter_loss(
         teacher_rows[needed] = torch.arange(int(needed.sum()), device=labels.device)
         teacher_logits_all = teacher_head(hidden_states[needed])  # (rows, vocab)
     step_losses, step_counts = [], []
-    for step, state in iter_teacher_forced_states(drafter, hidden_states, input_embeds, num_steps, input_ids):
-        base_targets = shifted_labels(labels, step + 2, ignore_index)
+    continuation = (distill_targets.clamp(min=0), distill_embeds) if distill_targets is not None else None
+    states = iter_teacher_forced_states(drafter, hidden_states, input_embeds, num_steps, input_ids, continuation)
+    for step, state in states:
+        if distill_targets is None:
+            base_targets = shifted_labels(labels, step + 2, ignore_index)
+        else:  # a continuation is usable up to its first missing token
+            base_targets = distill_targets[:, :, step + 1].masked_fill(
+                (distill_targets[:, :, : step + 2] == ignore_index).any(-1), ignore_index
+            )
         in_sequence = base_targets != ignore_index  # (batch, seq)
         targets = drafter.to_draft_ids(base_targets, ignore_index)[in_sequence]  # (n,)
         selected = map_state(state, lambda s, rows=in_sequence: s[rows])

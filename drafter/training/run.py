@@ -79,6 +79,34 @@ def drafter_config(model_args: ModelArguments, base: PreTrainedModel) -> Drafter
     )
 
 
+def distilled_train_split(base, model_args: ModelArguments, data_args: DataArguments, train, seed: int):
+    """The training split with the base model's continuations at every labelled position, cached on disk
+    (keyed by base model, tokenized data and distillation parameters) so sweeps compute it once."""
+    import hashlib
+
+    from datasets import load_from_disk
+
+    from ..data.distill import add_distill_targets
+    from ..data.sources import save_dataset_atomically
+    from ..models.loading import cache_root
+
+    if data_args.distill_max_examples is not None:
+        train = train.select(range(min(data_args.distill_max_examples, len(train))))
+    params = [model_args.llm_name_or_path, train._fingerprint, data_args.distill_num_future_tokens,
+              data_args.distill_temperature, seed]
+    key = hashlib.sha256(repr(params).encode()).hexdigest()[:20]
+    path = cache_root() / "distilled" / key
+    if path.is_dir():
+        logger.info("Distilled dataset from cache %s", path)
+        return load_from_disk(str(path))
+    distilled = add_distill_targets(
+        base, train, num_future_tokens=data_args.distill_num_future_tokens,
+        temperature=data_args.distill_temperature, seed=seed, batch_size=data_args.distill_batch_size,
+    )
+    save_dataset_atomically(distilled, path)
+    return load_from_disk(str(path))
+
+
 def count_trainable_tokens(dataset) -> int:
     return sum(sum(1 for label in labels if label != -100) for labels in dataset["labels"])
 
@@ -103,6 +131,16 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Dra
         seed=training_args.seed,
     )
     drafter = build_drafter(model_args, base)
+    if data_args.use_distilled_dataset:
+        if training_args.use_knowledge_distillation:
+            raise ValueError("--use_distilled_dataset and --use_knowledge_distillation cannot be combined")
+        datasets["train"] = distilled_train_split(base, model_args, data_args, datasets["train"], training_args.seed)
+        if data_args.distill_num_future_tokens - 1 < drafter.num_draft_steps:
+            logger.warning(
+                "Distilled continuations of %d tokens train only %d of the drafter's %d steps",
+                data_args.distill_num_future_tokens, data_args.distill_num_future_tokens - 1,
+                drafter.num_draft_steps,
+            )
     summary: dict = {"drafter_parameters": sum(p.numel() for p in drafter.parameters())}
     if drafter.has_reduced_vocabulary and not model_args.drafter_name_or_path:
         counts = count_target_tokens(datasets["train"]["labels"], drafter.config.vocab_size)

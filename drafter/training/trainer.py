@@ -33,16 +33,21 @@ class DrafterTrainer(Trainer):
     ) -> DrafterLossOutput:
         """Base model forward (no grad) -> drafter loss through `model`'s own forward (wrapper-safe)."""
         input_ids, attention_mask = inputs["input_ids"], inputs.get("attention_mask")
+        distill_targets = inputs.get("distill_targets")  # (batch, seq, N) with the distilled dataset
+        embed = self.base_model.get_input_embeddings()
+        dtype = self.drafter.dtype
         with torch.no_grad():
             hidden_states = self.base_model.base_model(input_ids=input_ids, attention_mask=attention_mask)[0]
-            input_embeds = self.base_model.get_input_embeddings()(input_ids)
-        dtype = self.drafter.dtype
+            input_embeds = embed(input_ids)
+            distill_embeds = embed(distill_targets.clamp(min=0)).to(dtype) if distill_targets is not None else None
         args = self.args
         return model(
             hidden_states=hidden_states.to(dtype),
             input_embeds=input_embeds.to(dtype),
             labels=inputs["labels"],
             input_ids=input_ids,
+            distill_targets=distill_targets,
+            distill_embeds=distill_embeds,
             loss_decay=args.drafter_loss_decay,
             teacher_head=self._teacher_head if args.use_knowledge_distillation else None,
             kd_temperature=args.kd_temperature,
