@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Optional
 
+from .evaluation.benchmark import encode_chat_prompts
 from .generation.loop import BatchedDecoder
 
 
@@ -49,8 +50,7 @@ class ChatSession:
 
     def reply(self, user_text: str, stream: Callable[[str], None] = lambda text: None) -> ReplyStats:
         self.messages.append({"role": "user", "content": user_text})
-        ids = self.tokenizer.apply_chat_template(self.messages, add_generation_prompt=True, tokenize=True)
-        prompt = list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+        prompt = encode_chat_prompts(self.tokenizer, [{"messages": self.messages}])[0]
         produced: list[int] = []
         shown = ""
 

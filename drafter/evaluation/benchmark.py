@@ -17,7 +17,7 @@ import platform
 import statistics
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -205,7 +205,7 @@ def environment() -> dict[str, Any]:
     return info
 
 
-def encode_chat_prompts(tokenizer, prompts: Sequence[dict], encode: Optional[Callable] = None) -> list[list[int]]:
+def encode_chat_prompts(tokenizer, prompts: Sequence[dict]) -> list[list[int]]:
     """Token ids of each prompt's messages through the chat template, with the generation prompt added."""
     encoded = []
     for prompt in prompts:
