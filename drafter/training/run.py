@@ -8,7 +8,6 @@ import os
 import time
 from typing import Optional
 
-import torch
 from transformers import PreTrainedModel
 from transformers.trainer_utils import get_last_checkpoint
 
@@ -28,14 +27,15 @@ from .trainer import DrafterTrainer
 logger = logging.getLogger(__name__)
 
 
-def base_dtype(model_args: ModelArguments, training_args: DrafterTrainingArguments) -> torch.dtype:
+def base_dtype(model_args: ModelArguments, training_args: DrafterTrainingArguments) -> str:
+    """dtype name for `load_base_model`: explicit, else following the --bf16/--fp16 training flags."""
     if model_args.base_dtype != "auto":
-        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[model_args.base_dtype]
+        return model_args.base_dtype
     if training_args.bf16:
-        return torch.bfloat16
+        return "bfloat16"
     if training_args.fp16:
-        return torch.float16
-    return torch.float32
+        return "float16"
+    return "float32"
 
 
 def build_drafter(model_args: ModelArguments, base: PreTrainedModel) -> DrafterPreTrainedModel:
