@@ -5,12 +5,15 @@
     python generate_speculator.py --speculator_path outputs/drafter --prompt "Write a haiku about CPUs."
     python generate_speculator.py --speculator_path outputs/drafter --eval_mt_bench --batch_size 4
     python generate_speculator.py --speculator_path outputs/drafter --eval_mt_bench --compare   # speed benchmark
+    python generate_speculator.py --speculator_path outputs/a outputs/b --eval_mt_bench --compare  # 2 drafters
+    python generate_speculator.py --speculator_path outputs/arctic --top_k_tokens_per_head 4 3 2 --prompt "Hi"
     python generate_speculator.py --base_model embedded:SmolLM2-135M-Instruct-Q4_1 --autoregressive --interactive
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -32,7 +35,10 @@ logger = logging.getLogger("generate_speculator")
 
 @dataclass
 class GenerationArguments:
-    speculator_path: Optional[str] = field(default=None, metadata={"help": "A drafter saved by train_speculator.py."})
+    speculator_path: list[str] = field(
+        default_factory=list,
+        metadata={"help": "A drafter saved by train_speculator.py; with --compare, several (compared in one run)."},
+    )
     base_model: Optional[str] = field(
         default=None, metadata={"help": "Base model (default: the one recorded in the drafter's config)."}
     )
@@ -53,6 +59,14 @@ class GenerationArguments:
     beam_width: int = field(default=4, metadata={"help": "Beams drafted per step."})
     beam_length: Optional[int] = field(
         default=None, metadata={"help": "Tokens per beam incl. the base model's own (default: drafter steps + 1)."}
+    )
+    top_k_tokens_per_head: Optional[list[int]] = field(
+        default=None,
+        metadata={"help": "Draft the per-head top-k candidate tree (Arctic / MLP speculators), e.g. 4 3 2, instead "
+                  "of beam search; 1 1 1 is a single greedy chain."},
+    )
+    n_candidates: Optional[int] = field(
+        default=None, metadata={"help": "With --top_k_tokens_per_head: keep only the best N candidates."}
     )
     batch_size: int = field(default=1, metadata={"help": "Prompts decoded together (--eval_mt_bench)."})
     max_generation_length: Optional[int] = field(
@@ -76,26 +90,43 @@ def resolve_device(name: str) -> torch.device:
 
 
 def load_models(args: GenerationArguments, device: torch.device):
-    drafter = None
-    if args.speculator_path:
-        drafter = AutoDrafter.from_pretrained(args.speculator_path)
-    elif not args.autoregressive:
+    """The base model, its tokenizer and the drafters named by --speculator_path (all checked against the base)."""
+    drafters = [AutoDrafter.from_pretrained(path) for path in args.speculator_path]
+    if not drafters and not args.autoregressive:
         raise SystemExit("error: --speculator_path is required (or pass --autoregressive for plain decoding)")
-    base_name = args.base_model or (drafter.config.base_model_name_or_path if drafter is not None else None)
+    base_name = args.base_model or (drafters[0].config.base_model_name_or_path if drafters else None)
     if not base_name:
         raise SystemExit("error: --base_model is required (the drafter does not record its base model)")
     base = load_base_model(base_name, dtype=args.dtype, device=device)
     tokenizer = load_tokenizer(base_name)
-    if drafter is not None:
+    for drafter in drafters:
         drafter.check_base_model(base)
         drafter.to(device=device, dtype=base.dtype).eval()
-    return base, tokenizer, drafter
+    return base, tokenizer, drafters
 
 
-def make_generator(args: GenerationArguments, base, drafter):
-    if args.autoregressive or drafter is None:
+def make_speculator(args: GenerationArguments, base, drafter) -> SpeculativeGenerator:
+    return SpeculativeGenerator(
+        base, drafter, beam_width=args.beam_width, beam_length=args.beam_length,
+        top_k_tokens_per_head=args.top_k_tokens_per_head, n_candidates=args.n_candidates,
+    )
+
+
+def make_generator(args: GenerationArguments, base, drafters: list):
+    if args.autoregressive or not drafters:
         return AutoregressiveGenerator(base)
-    return SpeculativeGenerator(base, drafter, beam_width=args.beam_width, beam_length=args.beam_length)
+    return make_speculator(args, base, drafters[0])
+
+
+def speculator_names(paths: list[str]) -> list[str]:
+    """Method names for the benchmark: "speculative" for one drafter, else the folder names (made unique)."""
+    if len(paths) == 1:
+        return ["speculative"]
+    names: list[str] = []
+    for path in paths:
+        name = os.path.basename(os.path.normpath(path)) or "drafter"
+        names.append(name if name not in names else f"{name}-{len(names)}")
+    return names
 
 
 def sampling_kwargs(args: GenerationArguments) -> dict:
@@ -167,26 +198,28 @@ def run_answers(args: GenerationArguments, generator, tokenizer, prompts, max_ne
     }
 
 
-def run_compare(args: GenerationArguments, base, tokenizer, drafter, prompts, max_new_tokens: int) -> dict:
-    config = BenchmarkConfig(
-        max_new_tokens=max_new_tokens,
-        beam_width=args.beam_width,
-        beam_length=args.beam_length,
-        repeats=args.repeats,
-        warmup=args.warmup,
-    )
-    benchmark = SpeedBenchmark(base, drafter, tokenizer.eos_token_id, tokenizer.pad_token_id, config)
+def run_compare(args: GenerationArguments, base, tokenizer, drafters: list, prompts, max_new_tokens: int) -> dict:
+    config = BenchmarkConfig(max_new_tokens=max_new_tokens, repeats=args.repeats, warmup=args.warmup)
+    names = speculator_names(args.speculator_path)
+    speculators = {name: make_speculator(args, base, drafter) for name, drafter in zip(names, drafters)}
+    benchmark = SpeedBenchmark(base, speculators, tokenizer.eos_token_id, tokenizer.pad_token_id, config)
     encoded = encode_chat_prompts(tokenizer, prompts)
     benchmark.run(encoded)
     summary = benchmark.summary()
+    summary["drafters"] = dict(zip(names, args.speculator_path))
     summary["answers"] = [
         {
             "id": prompt.get("question_id", prompt["id"]),
-            "speculative": tokenizer.decode(spec.tokens, skip_special_tokens=True),
-            "identical_to_generate": spec.tokens == ref.tokens,
-            "tau": spec.accepted / max(spec.steps, 1),
+            "generate": tokenizer.decode(reference.tokens, skip_special_tokens=True),
+            **{
+                name: {
+                    "identical_to_generate": runs[i].tokens == reference.tokens,
+                    "tau": runs[i].accepted / max(runs[i].steps, 1),
+                }
+                for name, runs in ((name, benchmark.runs[name]) for name in names)
+            },
         }
-        for prompt, spec, ref in zip(prompts, benchmark.runs["speculative"], benchmark.runs["hf_generate"])
+        for i, (prompt, reference) in enumerate(zip(prompts, benchmark.runs["hf_generate"]))
     ]
     return summary
 
@@ -202,24 +235,26 @@ def main(argv: list[str]) -> None:
         raise SystemExit("error: --compare is a greedy benchmark; drop --temperature")
     device = resolve_device(args.device)
     max_new_tokens = args.max_generation_length or (256 if device.type == "cuda" else 128)
-    base, tokenizer, drafter = load_models(args, device)
+    if len(args.speculator_path) > 1 and not args.compare:
+        raise SystemExit("error: several --speculator_path values are only for --eval_mt_bench --compare")
+    base, tokenizer, drafters = load_models(args, device)
     settings = {k: v for k, v in vars(args).items()}
     settings.update(max_new_tokens=max_new_tokens, device=str(device))
 
     if args.interactive or args.prompt is not None:
-        run_chat(args, make_generator(args, base, drafter), tokenizer, max_new_tokens)
+        run_chat(args, make_generator(args, base, drafters), tokenizer, max_new_tokens)
         return
     if not args.eval_mt_bench:
         raise SystemExit("error: choose --interactive, --prompt TEXT or --eval_mt_bench")
 
     prompts = load_prompts(args.eval_dataset, max_examples=args.max_num_prompts)
     if args.compare:
-        if drafter is None:
+        if not drafters:
             raise SystemExit("error: --compare needs --speculator_path")
-        result = run_compare(args, base, tokenizer, drafter, prompts, max_new_tokens)
+        result = run_compare(args, base, tokenizer, drafters, prompts, max_new_tokens)
         print(markdown_table(result))
     else:
-        result = run_answers(args, make_generator(args, base, drafter), tokenizer, prompts, max_new_tokens)
+        result = run_answers(args, make_generator(args, base, drafters), tokenizer, prompts, max_new_tokens)
         print(f"{result['method']}: {result['prompts']} prompts, {result['generated_tokens']} tokens in "
               f"{result['seconds']:.1f} s = {result['tokens_per_second']:.1f} tok/s, tau {result['tau']:.2f}")
     result["settings"] = settings

@@ -34,8 +34,9 @@ def test_benchmark_summary_reports_identity_tau_and_speedup(tmp_path):
     prompts = [[5, 17, 33, 8], [9, 4, 61, 22, 13, 7]]
     references = [prompt + hf_greedy(base, prompt, 24) for prompt in prompts]
     drafter = OracleDrafter(base, references, num_steps=3, wrong_every=4)
-    config = BenchmarkConfig(max_new_tokens=20, beam_width=2, beam_length=4, repeats=2, warmup=1)
-    bench = SpeedBenchmark(base, drafter, eos_token_id=None, pad_token_id=0, config=config)
+    config = BenchmarkConfig(max_new_tokens=20, repeats=2, warmup=1)
+    speculators = {"speculative": SpeculativeGenerator(base, drafter, beam_width=2, beam_length=4)}
+    bench = SpeedBenchmark(base, speculators, eos_token_id=None, pad_token_id=0, config=config)
     bench.run(prompts, progress=False)
     summary = bench.summary()
     assert summary["identical_fraction"] == 1.0
@@ -51,12 +52,44 @@ def test_benchmark_summary_reports_identity_tau_and_speedup(tmp_path):
     assert (tmp_path / "chart.png").stat().st_size > 1000
 
 
-def test_benchmark_rejects_unknown_methods():
+def test_benchmark_compares_several_drafters_in_one_run(tmp_path):
+    base = make_tiny_llama(seed=3)
+    prompts = [[5, 17, 33, 8], [9, 4, 61, 22, 13, 7]]
+    references = [prompt + hf_greedy(base, prompt, 24) for prompt in prompts]
+    good = OracleDrafter(base, references, num_steps=3, wrong_every=6)
+    poor = OracleDrafter(base, references, num_steps=3, wrong_every=1)  # every drafted token wrong
+    speculators = {
+        "good": SpeculativeGenerator(base, good, beam_width=1, beam_length=4),
+        "poor": SpeculativeGenerator(base, poor, beam_width=1, beam_length=4),
+    }
+    config = BenchmarkConfig(max_new_tokens=20, warmup=0, baselines=("hf_generate",))
+    bench = SpeedBenchmark(base, speculators, eos_token_id=None, pad_token_id=0, config=config)
+    bench.run(prompts, progress=False)
+    summary = bench.summary()
+    assert summary["speculators"] == ["good", "poor"]
+    assert set(summary["methods"]) == {"hf_generate", "good", "poor"}
+    assert "tau" not in summary  # no single headline number when several drafters compete
+    good_entry, poor_entry = summary["methods"]["good"], summary["methods"]["poor"]
+    assert good_entry["identical"] == poor_entry["identical"] == 2
+    assert poor_entry["tau"] == pytest.approx(1.0)
+    assert good_entry["tau"] > 1.5
+    assert good_entry["acceptance_by_position"][0] > poor_entry["acceptance_by_position"][0] == 0.0
+    table = markdown_table(summary)
+    assert "| good |" in table and "| poor |" in table and "(good)" in table
+    plot_summary(summary, str(tmp_path / "chart.png"))
+    assert (tmp_path / "chart.png").stat().st_size > 1000
+
+
+def test_benchmark_rejects_bad_method_sets():
     base = make_tiny_llama()
-    with pytest.raises(ValueError, match="unknown benchmark methods"):
-        SpeedBenchmark(base, None, None, 0, BenchmarkConfig(methods=("hf_generate", "magic")))
-    with pytest.raises(ValueError, match="needs a drafter"):
-        SpeedBenchmark(base, None, None, 0, BenchmarkConfig())
+    with pytest.raises(ValueError, match="unknown baseline methods"):
+        SpeedBenchmark(base, {}, None, 0, BenchmarkConfig(baselines=("hf_generate", "magic")))
+    with pytest.raises(ValueError, match="reference"):
+        SpeedBenchmark(base, {}, None, 0, BenchmarkConfig(baselines=("autoregressive",)))
+    with pytest.raises(ValueError, match="nothing to compare"):
+        SpeedBenchmark(base, {}, None, 0, BenchmarkConfig(baselines=("hf_generate",)))
+    with pytest.raises(ValueError, match="clash"):
+        SpeedBenchmark(base, {"hf_generate": AutoregressiveGenerator(base)}, None, 0, BenchmarkConfig())
 
 
 class CharTokenizer:

@@ -152,6 +152,11 @@ def load_prompts(dataset_name: str, max_examples: Optional[int] = None, seed: in
     order; other sources follow :func:`load_conversations` (seeded subset when `max_examples` is set).
     """
     dataset = load_conversations(dataset_name, max_examples=max_examples, seed=seed)
+    return first_turn_prompts(dataset, dataset_name)
+
+
+def first_turn_prompts(dataset: datasets.Dataset, dataset_name: str = "dataset") -> List[Dict[str, Any]]:
+    """The ``{"id", "messages"}`` first-turn prompts of a conversation Dataset (see :func:`load_prompts`)."""
     if "messages" not in dataset.column_names:
         raise DataSourceError(f"'{dataset_name}' is a plain-text source; it has no chat prompts.")
     prompts = []

@@ -3,7 +3,7 @@
 Methods (all greedy, batch 1, same prompts, same max_new_tokens):
   hf_generate    transformers `generate(do_sample=False)`, the reference for speed-up and identity;
   autoregressive this project's own plain loop (same cache and harness as the speculative path);
-  speculative    drafter + tree verification.
+  one method per named speculator (drafter + tree verification), so several drafters are compared in ONE run.
 
 Definitions follow Spec-Bench: tau is the mean number of tokens a verification step adds, bonus token
 included (plain decoding = 1.00); speed-up is tokens/s over hf_generate's; the overhead c = tau / speed-up - 1
@@ -17,7 +17,7 @@ import platform
 import statistics
 import time
 from dataclasses import dataclass, field
-from typing import Any, Optional, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -25,7 +25,7 @@ from transformers import PreTrainedModel
 
 from ..generation import AutoregressiveGenerator, SpeculativeGenerator
 
-METHODS = ("hf_generate", "autoregressive", "speculative")
+BASELINE_METHODS = ("hf_generate", "autoregressive")
 
 
 @dataclass
@@ -43,11 +43,9 @@ class PromptRun:
 @dataclass
 class BenchmarkConfig:
     max_new_tokens: int = 128
-    beam_width: int = 4
-    beam_length: Optional[int] = None
     repeats: int = 1
     warmup: int = 1
-    methods: Sequence[str] = METHODS
+    baselines: Sequence[str] = BASELINE_METHODS
 
 
 def _sync(device: torch.device) -> None:
@@ -56,31 +54,40 @@ def _sync(device: torch.device) -> None:
 
 
 class SpeedBenchmark:
-    """Times every method on every prompt; `summary()` turns the runs into the reported numbers."""
+    """Times every method on every prompt; `summary()` turns the runs into the reported numbers.
+
+    Args:
+        speculators: name -> speculative generator (each with its own drafter and tree settings); every name
+            becomes a method. The single-drafter CLI names its one speculator "speculative".
+    """
 
     def __init__(
         self,
         base_model: PreTrainedModel,
-        drafter: Optional[Any],
+        speculators: Mapping[str, SpeculativeGenerator],
         eos_token_id: Any,
         pad_token_id: int,
         config: BenchmarkConfig,
     ):
-        unknown = set(config.methods) - set(METHODS)
+        unknown = set(config.baselines) - set(BASELINE_METHODS)
         if unknown:
-            raise ValueError(f"unknown benchmark methods {sorted(unknown)}; choose from {METHODS}")
-        if "speculative" in config.methods and drafter is None:
-            raise ValueError("the speculative method needs a drafter")
+            raise ValueError(f"unknown baseline methods {sorted(unknown)}; choose from {BASELINE_METHODS}")
+        if "hf_generate" not in config.baselines:
+            raise ValueError("hf_generate is the reference for speed-up and identity; keep it in the baselines")
+        clashes = set(speculators) & set(BASELINE_METHODS)
+        if clashes:
+            raise ValueError(f"speculator names {sorted(clashes)} clash with the baseline methods")
+        if not speculators and len(config.baselines) < 2:
+            raise ValueError("nothing to compare: give at least one speculator or two baselines")
         self.base_model = base_model
         self.config = config
         self.eos_token_id = eos_token_id
         self.pad_token_id = pad_token_id
         self.device = base_model.device
-        self.autoregressive = AutoregressiveGenerator(base_model)
-        self.speculative = (
-            SpeculativeGenerator(base_model, drafter, config.beam_width, config.beam_length) if drafter else None
-        )
-        self.runs: dict[str, list[PromptRun]] = {m: [] for m in config.methods}
+        self.generators = {"autoregressive": AutoregressiveGenerator(base_model), **speculators}
+        self.speculator_names = list(speculators)
+        self.methods = [*config.baselines, *self.speculator_names]
+        self.runs: dict[str, list[PromptRun]] = {m: [] for m in self.methods}
 
     def _run_once(self, method: str, prompt: list[int]) -> tuple[PromptRun, float]:
         cfg = self.config
@@ -100,8 +107,9 @@ class SpeedBenchmark:
             _sync(self.device)
             seconds = time.perf_counter() - start
             return PromptRun(tokens=out[0, len(prompt):].tolist(), seconds=seconds), seconds
-        generator = self.speculative if method == "speculative" else self.autoregressive
-        result = generator.generate([prompt], max_new_tokens=cfg.max_new_tokens, eos_token_id=self.eos_token_id)
+        result = self.generators[method].generate(
+            [prompt], max_new_tokens=cfg.max_new_tokens, eos_token_id=self.eos_token_id
+        )
         _sync(self.device)
         seconds = time.perf_counter() - start
         timing = result.timing
@@ -122,11 +130,11 @@ class SpeedBenchmark:
 
     def run(self, prompts: Sequence[list[int]], progress: bool = True) -> None:
         for _ in range(self.config.warmup):
-            for method in self.config.methods:
+            for method in self.methods:
                 self._run_once(method, prompts[0])
         bar = tqdm(prompts, desc="Benchmark prompts", disable=not progress)
         for prompt in bar:
-            for method in self.config.methods:
+            for method in self.methods:
                 repeats = [self._run_once(method, prompt) for _ in range(max(1, self.config.repeats))]
                 run = repeats[0][0]
                 run.seconds = statistics.median(seconds for _, seconds in repeats)
@@ -134,16 +142,19 @@ class SpeedBenchmark:
             bar.set_postfix(self._postfix())
 
     def _postfix(self) -> dict[str, str]:
-        summary = self.summary()
+        methods = self.summary()["methods"]
         postfix = {}
-        if "speedup" in summary:
-            postfix["speedup"] = f"{summary['speedup']:.2f}x"
-        if "tau" in summary:
-            postfix["tau"] = f"{summary['tau']:.2f}"
+        for name in self.speculator_names[:3]:  # the bar has room for a few
+            entry = methods.get(name, {})
+            if "speedup" in entry:
+                label = "" if len(self.speculator_names) == 1 else f"{name[:12]} "
+                postfix[f"{label}speedup"] = f"{entry['speedup']:.2f}x"
+                postfix[f"{label}tau"] = f"{entry.get('tau', 0.0):.2f}"
         return postfix
 
     def summary(self) -> dict[str, Any]:
-        """Every reported number; top-level `tau`, `speedup`, `identical_fraction` when measured."""
+        """Every reported number per method; with exactly one speculator also top-level `tau`, `speedup`,
+        `identical_fraction`, `overhead_c` and `acceptance_by_position` (the single-drafter report)."""
         methods: dict[str, Any] = {}
         for method, runs in self.runs.items():
             if not runs:
@@ -160,7 +171,7 @@ class SpeedBenchmark:
             if steps:
                 entry["tau"] = sum(r.accepted for r in runs) / steps
                 entry["verification_steps"] = steps
-            if method == "speculative":
+            if method in self.speculator_names:
                 positions = len(runs[0].accepted_by_position)
                 by_position = [sum(r.accepted_by_position[k] for r in runs) for k in range(positions)]
                 entry["acceptance_by_position"] = [c / steps if steps else 0.0 for c in by_position]
@@ -169,7 +180,6 @@ class SpeedBenchmark:
                     for phase in ("prefill_s", "drafting_s", "verification_s", "bookkeeping_s")
                 }
             methods[method] = entry
-        out: dict[str, Any] = {"methods": methods}
         reference = methods.get("hf_generate")
         for method, entry in methods.items():
             if reference and method != "hf_generate" and reference["tokens_per_second"]:
@@ -177,14 +187,15 @@ class SpeedBenchmark:
                 same = [a.tokens == b.tokens for a, b in zip(self.runs[method], self.runs["hf_generate"])]
                 entry["identical"] = sum(same)
                 entry["identical_fraction"] = sum(same) / len(same)
-        spec = methods.get("speculative")
-        if spec:
+                if method in self.speculator_names and entry["speedup"]:
+                    entry["overhead_c"] = entry.get("tau", 0.0) / entry["speedup"] - 1
+        out: dict[str, Any] = {"methods": methods, "speculators": list(self.speculator_names)}
+        if len(self.speculator_names) == 1 and self.speculator_names[0] in methods:
+            spec = methods[self.speculator_names[0]]
             out["tau"] = spec.get("tau", 0.0)
-            if "speedup" in spec:
-                out["speedup"] = spec["speedup"]
-                out["identical_fraction"] = spec["identical_fraction"]
-                out["overhead_c"] = out["tau"] / out["speedup"] - 1 if out["speedup"] else None
-            out["acceptance_by_position"] = spec["acceptance_by_position"]
+            for key in ("speedup", "identical_fraction", "overhead_c", "acceptance_by_position"):
+                if key in spec:
+                    out[key] = spec[key]
         return out
 
 

@@ -27,16 +27,19 @@ def markdown_table(summary: dict[str, Any]) -> str:
             f"| {METHOD_LABELS.get(method, method)} | {entry['prompts']} | {entry['generated_tokens']} | "
             f"{entry['seconds']:.1f} | {entry['tokens_per_second']:.1f} | {speedup} | {tau} | {identical} |"
         )
-    if "acceptance_by_position" in summary:
-        rates = ", ".join(f"{r:.2f}" for r in summary["acceptance_by_position"])
-        lines.append(f"\nAcceptance rate by drafted position: {rates}")
-    if summary.get("overhead_c") is not None:
-        lines.append(f"Overhead c = tau / speed-up - 1 = {summary['overhead_c']:.2f}")
-    split = summary["methods"].get("speculative", {}).get("time_split_s")
-    if split:
-        total = sum(split.values()) or 1.0
-        parts = ", ".join(f"{k[:-2]} {100 * v / total:.0f}%" for k, v in split.items())
-        lines.append(f"Speculative time split: {parts}")
+    for name in summary.get("speculators", []):
+        entry = summary["methods"].get(name, {})
+        label = "" if len(summary["speculators"]) == 1 else f" ({name})"
+        if entry.get("acceptance_by_position"):
+            rates = ", ".join(f"{r:.2f}" for r in entry["acceptance_by_position"])
+            lines.append(f"\nAcceptance rate by drafted position{label}: {rates}")
+        if entry.get("overhead_c") is not None:
+            lines.append(f"Overhead c = tau / speed-up - 1{label} = {entry['overhead_c']:.2f}")
+        split = entry.get("time_split_s")
+        if split:
+            total = sum(split.values()) or 1.0
+            parts = ", ".join(f"{k[:-2]} {100 * v / total:.0f}%" for k, v in split.items())
+            lines.append(f"Speculative time split{label}: {parts}")
     return "\n".join(lines)
 
 
@@ -61,15 +64,18 @@ def plot_summary(summary: dict[str, Any], path: str, title: str = "") -> None:
     left.axhline(1.0, color="grey", linewidth=0.8, linestyle="--")
     left.set_ylabel("speed-up over transformers generate")
     left.tick_params(axis="x", labelrotation=15)
-    rates = summary.get("acceptance_by_position", [])
-    if rates:
-        right.plot(range(1, len(rates) + 1), rates, marker="o", color="#c0504d")
-        right.set_xticks(range(1, len(rates) + 1))
+    names = summary.get("speculators", [])
+    for name in names:
+        rates = summary["methods"].get(name, {}).get("acceptance_by_position", [])
+        if rates:
+            tau = summary["methods"][name].get("tau", 0.0)
+            right.plot(range(1, len(rates) + 1), rates, marker="o", label=f"{name} (tau {tau:.2f})")
+    if names:
+        right.xaxis.get_major_locator().set_params(integer=True)
         right.set_ylim(0, 1)
+        right.legend(fontsize=8)
     right.set_xlabel("drafted position")
     right.set_ylabel("acceptance rate")
-    tau = summary.get("tau")
-    right.set_title(f"tau = {tau:.2f}" if tau else "acceptance")
     if title:
         fig.suptitle(title)
     fig.tight_layout()
