@@ -175,6 +175,24 @@ def test_mt_bench_compare_writes_json_and_chart(embedded_random_drafter, tmp_pat
     assert "| speculative" in result.stdout
 
 
+@pytest.mark.e2e
+def test_compare_times_several_drafters_in_one_run(embedded_random_drafter, tmp_path):
+    output = tmp_path / "two.json"
+    result = run_cli([
+        "--speculator_path", embedded_random_drafter, embedded_random_drafter, "--eval_mt_bench", "--compare",
+        "--max_num_prompts", "1", "--max_generation_length", "6", "--warmup", "0", "--output_file", str(output),
+    ])
+    assert result.returncode == 0, result.stderr
+    data = json.loads(output.read_text())
+    name = os.path.basename(embedded_random_drafter)
+    assert data["speculators"] == [name, f"{name}-1"]
+    for method in data["speculators"]:
+        assert data["methods"][method]["identical"] == 1
+    assert data["answers"][0][name]["identical_to_generate"] is True
+
+
 def test_cli_rejects_inconsistent_arguments(embedded_random_drafter):
     result = run_cli(["--speculator_path", embedded_random_drafter, "--compare"])
     assert result.returncode != 0 and "--compare is part of --eval_mt_bench" in result.stderr
+    result = run_cli(["--speculator_path", embedded_random_drafter, embedded_random_drafter, "--prompt", "Hi"])
+    assert result.returncode != 0 and "only for --eval_mt_bench --compare" in result.stderr

@@ -78,21 +78,23 @@ def _fmt(value: Any, pattern: str = "{:.3f}") -> str:
 def results_table(results: dict[str, Any]) -> str:
     """One row per (cell, evaluation dataset)."""
     lines = [
-        "| cell | method | scope | family | train data | eval data | draft vocab | steps | train min | "
+        "| cell | method | scope | family | train data | eval data | draft vocab | params | steps | train min | "
         "step-1 top-1 | step-1 top-5 | tau | speed-up | identical |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for cell in results["cells"]:
         training = cell["training"] or {}
         accuracy = cell["reference_accuracy"]
         vocab = cell["train_arguments"].get("draft_vocab_size") or "full"
         minutes = training["train_seconds"] / 60 if "train_seconds" in training else None
+        params = training.get("drafter_parameters")
         for eval_dataset in results["grid"]["axes"]["eval_dataset"]:
             ev = cell["evaluations"].get(eval_dataset, {})
             identical = f"{ev['identical']}/{ev['prompts']}" if ev.get("prompts") else "-"
             lines.append(
                 f"| {cell['name']} | {cell['method']} | {cell['scope']} | {cell['family']} | "
                 f"{Path(cell['train_dataset']).stem} | {Path(eval_dataset).stem} | {vocab} | "
+                f"{_fmt(params / 1e6 if params else None, '{:.2f} M')} | "
                 f"{training.get('train_steps', '-')} | {_fmt(minutes, '{:.1f}')} | "
                 f"{_fmt(accuracy.get('eval_step1_top1'))} | {_fmt(accuracy.get('eval_step1_top5'))} | "
                 f"{_fmt(ev.get('tau'), '{:.2f}')} | {_fmt(ev.get('speedup'), '{:.2f}x')} | {identical} |"

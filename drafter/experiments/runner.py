@@ -256,7 +256,7 @@ class ExperimentRunner:
                 teacher_ready.add(dataset)
                 steps.append(Step(
                     "teacher", f"teacher answers for {dataset}", self.teacher_train_file(dataset).exists(),
-                    self._estimate_teacher(), lambda d=dataset: self.make_teacher_data(d),
+                    self._estimate_teacher(dataset), lambda d=dataset: self.make_teacher_data(d),
                 ))
             steps.append(Step("train", cell.name, self.cell_done(cell), self._estimate_train(cell),
                               lambda c=cell: self.train_cell(c)))
@@ -285,8 +285,10 @@ class ExperimentRunner:
             seconds += examples * CPU_COSTS["distill_s_per_example"]
         return seconds
 
-    def _estimate_teacher(self) -> float:
+    def _estimate_teacher(self, dataset: str) -> float:
         t = self.grid.teacher
+        if (self.teacher_folder(dataset) / "data.jsonl").exists():  # cached: only the held-out filter is left
+            return CPU_COSTS["process_start_s"]
         return CPU_COSTS["process_start_s"] + t["max_examples"] * t["max_tokens"] / CPU_COSTS["teacher_tokens_per_s"]
 
     def _estimate_benchmark(self) -> float:
