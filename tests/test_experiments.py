@@ -81,7 +81,7 @@ def tiny_setup(tmp_path_factory):
     load_tokenizer(EMBEDDED_BASE_MODEL).save_pretrained(base_dir)
     rows = [
         {"id": f"c{i}", "messages": [
-            {"role": "user", "content": f"Count from {i}."},
+            {"role": "user", "content": f"Count from {i}.\u2028Go on."},  # a line separator inside the JSON
             {"role": "assistant", "content": " ".join(str(i + k) for k in range(12))},
         ]}
         for i in range(40)
@@ -153,7 +153,7 @@ def test_killed_sweep_resumes_and_a_finished_sweep_skips_everything(tiny_setup):
     # the self-distilled cell trained on the teacher's answers, minus every held-out prompt
     teacher_file = Path(results["cells"][1]["train_arguments"]["dataset_name"])
     held_out = set(json.loads((out / "benchmarks" / "chats.json").read_text())["prompt_ids"])
-    trained_ids = {json.loads(line)["id"] for line in teacher_file.read_text().splitlines()}
+    trained_ids = {json.loads(line)["id"] for line in teacher_file.read_text().split("\n") if line}
     assert trained_ids and not trained_ids & held_out
     assert "hf_generate" in results["baselines"]["mtbench"]
     assert {"torch", "transformers"} <= set(results["versions"]) and results["environment"]["python"]

@@ -13,6 +13,7 @@ is what drafting and verification cost relative to a plain step. Each prompt run
 
 from __future__ import annotations
 
+import os
 import platform
 import statistics
 import time
@@ -210,6 +211,7 @@ def environment() -> dict[str, Any]:
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
         "cpu_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
     }
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)

@@ -111,8 +111,9 @@ class ExperimentRunner:
                 log=self.grid.root / "logs" / f"teacher-{folder.name}.log",
             )
         held_out = self.held_out_ids(dataset)
-        lines = (folder / "data.jsonl").read_text().splitlines()
-        kept = [line for line in lines if line.strip() and json.loads(line)["id"] not in held_out]
+        # split on "\n" only: str.splitlines() would also cut at U+2028 & co. inside the JSON strings
+        lines = [line for line in (folder / "data.jsonl").read_text().split("\n") if line.strip()]
+        kept = [line for line in lines if json.loads(line)["id"] not in held_out]
         target = self.teacher_train_file(dataset)
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_suffix(".tmp")
