@@ -21,8 +21,9 @@ import logging
 import sys
 from pathlib import Path
 
+import yaml
+
 from drafter.experiments import ExperimentGrid, ExperimentRunner, GridError, results_table, write_report
-from drafter.experiments.report import collect_results
 
 QUICK_GRID = Path(__file__).resolve().parent / "configs" / "experiments" / "quick.yaml"
 
@@ -45,16 +46,20 @@ def main(argv: list[str]) -> int:
         return 2
     try:
         grid = ExperimentGrid.from_yaml(args.grid or QUICK_GRID, output_dir=args.output_dir)
-    except (GridError, FileNotFoundError) as error:
+    except (GridError, OSError, yaml.YAMLError, TypeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     runner = ExperimentRunner(grid)
     if not args.report_only:
-        runner.run(dry_run=args.dry_run)
+        try:
+            runner.run(dry_run=args.dry_run)
+        except RuntimeError as error:  # a grid that contradicts its output folder, a failed cell (log named)
+            print(f"error: {error}", file=sys.stderr)
+            return 1
         if args.dry_run:
             return 0
-    paths = write_report(runner)
-    print("\n" + results_table(collect_results(runner)))
+    results, paths = write_report(runner)
+    print("\n" + results_table(results))
     print("\nWrote " + ", ".join(str(p) for p in paths.values()))
     return 0
 

@@ -17,10 +17,10 @@ import os
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
 import torch
-from transformers import HfArgumentParser
+from transformers import HfArgumentParser, PreTrainedModel
 
 from drafter import AutoDrafter
 from drafter.chat import ChatSession
@@ -89,7 +89,7 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def load_models(args: GenerationArguments, device: torch.device):
+def load_models(args: GenerationArguments, device: torch.device) -> tuple[PreTrainedModel, Any, list]:
     """The base model, its tokenizer and the drafters named by --speculator_path (all checked against the base)."""
     drafters = [AutoDrafter.from_pretrained(path) for path in args.speculator_path]
     if not drafters and not args.autoregressive:
@@ -105,14 +105,14 @@ def load_models(args: GenerationArguments, device: torch.device):
     return base, tokenizer, drafters
 
 
-def make_speculator(args: GenerationArguments, base, drafter) -> SpeculativeGenerator:
+def make_speculator(args: GenerationArguments, base: PreTrainedModel, drafter: Any) -> SpeculativeGenerator:
     return SpeculativeGenerator(
         base, drafter, beam_width=args.beam_width, beam_length=args.beam_length,
         top_k_tokens_per_head=args.top_k_tokens_per_head, n_candidates=args.n_candidates,
     )
 
 
-def make_generator(args: GenerationArguments, base, drafters: list):
+def make_generator(args: GenerationArguments, base: PreTrainedModel, drafters: list) -> Any:
     if args.autoregressive or not drafters:
         return AutoregressiveGenerator(base)
     return make_speculator(args, base, drafters[0])
@@ -124,8 +124,12 @@ def speculator_names(paths: list[str]) -> list[str]:
         return ["speculative"]
     names: list[str] = []
     for path in paths:
-        name = os.path.basename(os.path.normpath(path)) or "drafter"
-        names.append(name if name not in names else f"{name}-{len(names)}")
+        stem = os.path.basename(os.path.normpath(path)) or "drafter"
+        name, suffix = stem, 0
+        while name in names:  # a/x, b/x and x-1 must stay three methods
+            suffix += 1
+            name = f"{stem}-{suffix}"
+        names.append(name)
     return names
 
 
@@ -133,7 +137,7 @@ def sampling_kwargs(args: GenerationArguments) -> dict:
     return {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p, "seed": args.seed}
 
 
-def run_chat(args: GenerationArguments, generator, tokenizer, max_new_tokens: int) -> None:
+def run_chat(args: GenerationArguments, generator: Any, tokenizer: Any, max_new_tokens: int) -> None:
     session = ChatSession(generator, tokenizer, max_new_tokens, args.system_prompt, **sampling_kwargs(args))
     if args.prompt is not None:
         stats = session.reply(args.prompt, stream=lambda text: print(text, end="", flush=True))

@@ -54,6 +54,11 @@ def test_grid_expands_product_then_extra_cells_with_overrides(tmp_path):
         ({"training": {"use_knowledge_distillation": True}}, "axes decide"),
         ({"cells": [{"eval_dataset": "mtbench"}]}, "training axes only"),
         ({"cells": [{"method": "ground_truth"}]}, "listed twice"),
+        ({"axes": {"train_dataset": "sharegpt"}}, "must be a list"),
+        ({"axes": {"methods": ["ground_truth"]}}, "unknown axes"),
+        ({"family_arguments": {"redrafter": {"seed": 1}}}, "held-out split is one for the whole grid"),
+        ({"evaluation": {"beam_widht": 2}}, "unknown evaluation keys"),
+        ({"evaluation": {"baselines": ["autoregressive"]}}, "must include hf_generate"),
     ],
 )
 def test_grid_rejects_inconsistent_specs(tmp_path, spec, message):
@@ -108,12 +113,19 @@ def tiny_setup(tmp_path_factory):
     return grid_file, root / "out"
 
 
-def _sweep(grid_file: Path) -> subprocess.Popen:
+def _sweep(grid_file: Path, log: Path) -> subprocess.Popen:
+    """The sweep CLI in its own process, output to `log` (a file: a pipe nobody reads could fill and block)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    return subprocess.Popen(
-        [sys.executable, str(REPO / "experiment_paper_reproduction.py"), str(grid_file)],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
+    with open(log, "w") as sink:
+        return subprocess.Popen(
+            [sys.executable, str(REPO / "experiment_paper_reproduction.py"), str(grid_file)],
+            cwd=REPO, env=env, stdout=sink, stderr=subprocess.STDOUT, text=True,
+        )
+
+
+def _finish(process: subprocess.Popen, log: Path, timeout: int) -> str:
+    process.wait(timeout=timeout)
+    return log.read_text()
 
 
 @pytest.mark.e2e
@@ -122,10 +134,11 @@ def test_killed_sweep_resumes_and_a_finished_sweep_skips_everything(tiny_setup):
     first_cell = out / "cells" / "redrafter-ground_truth-assistant_only-chats"
 
     # 1. Kill the sweep as soon as its first cell has finished training.
-    process = _sweep(grid_file)
+    log = out.parent / "sweep.log"
+    process = _sweep(grid_file, log)
     deadline = time.time() + 300
     while not (first_cell / "drafter_eval.json").exists():
-        assert process.poll() is None, process.stdout.read()
+        assert process.poll() is None, log.read_text()
         assert time.time() < deadline, "first cell never finished"
         time.sleep(0.5)
     process.send_signal(signal.SIGKILL)
@@ -134,8 +147,8 @@ def test_killed_sweep_resumes_and_a_finished_sweep_skips_everything(tiny_setup):
     first_model_mtime = (first_cell / "model.safetensors").stat().st_mtime
 
     # 2. Run again: the finished cell is skipped, the rest is done, results are written.
-    process = _sweep(grid_file)
-    output, _ = process.communicate(timeout=600)
+    process = _sweep(grid_file, log)
+    output = _finish(process, log, timeout=600)
     assert process.returncode == 0, output
     assert (first_cell / "model.safetensors").stat().st_mtime == first_model_mtime
     assert (first_cell / "train.log").read_text().count("$ ") == 1  # trained exactly once
@@ -143,18 +156,24 @@ def test_killed_sweep_resumes_and_a_finished_sweep_skips_everything(tiny_setup):
     names = [c["name"] for c in results["cells"]]
     assert names == ["redrafter-ground_truth-assistant_only-chats", "redrafter-self_distilled-assistant_only-chats",
                      "arctic_lstm-ground_truth-assistant_only-chats"]
+    data_file = str(grid_file.parent / "chats.jsonl")
     for cell in results["cells"]:
         assert cell["training"]["train_steps"] == 3
         assert 0.0 <= cell["reference_accuracy"]["eval_step1_top1"] <= 1.0
-        for eval_dataset in ("mtbench", str(tiny_setup[0].parent / "chats.jsonl")):
+        for eval_dataset in ("mtbench", data_file):
             evaluation = cell["evaluations"][eval_dataset]
             assert evaluation["identical"] == evaluation["prompts"] == 2  # lossless in the sweep's benchmark too
-            assert evaluation["tau"] >= 1.0
-    # the self-distilled cell trained on the teacher's answers, minus every held-out prompt
+            # tau counts the bonus token plus the accepted drafted positions
+            assert evaluation["tau"] == pytest.approx(1 + sum(evaluation["acceptance_by_position"]))
+    # the self-distilled cell trained on the teacher's answers, minus every held-out conversation
+    runner = ExperimentRunner(ExperimentGrid.from_yaml(grid_file), echo=False)
+    held_out = runner.held_out_ids(data_file)
+    assert len(held_out) == 6
     teacher_file = Path(results["cells"][1]["train_arguments"]["dataset_name"])
-    held_out = set(json.loads((out / "benchmarks" / "chats.json").read_text())["prompt_ids"])
     trained_ids = {json.loads(line)["id"] for line in teacher_file.read_text().split("\n") if line}
     assert trained_ids and not trained_ids & held_out
+    benchmark = json.loads((out / "benchmarks" / "chats.json").read_text())
+    assert set(benchmark["prompt_ids"]) <= held_out  # cross-evaluation prompts come from the held-out split
     assert "hf_generate" in results["baselines"]["mtbench"]
     assert {"torch", "transformers"} <= set(results["versions"]) and results["environment"]["python"]
     table = (out / "results.md").read_text()
@@ -165,8 +184,19 @@ def test_killed_sweep_resumes_and_a_finished_sweep_skips_everything(tiny_setup):
 
     # 3. A third run finds everything done.
     benchmark_mtime = (out / "benchmarks" / "mtbench.json").stat().st_mtime
-    process = _sweep(grid_file)
-    output, _ = process.communicate(timeout=300)
+    process = _sweep(grid_file, log)
+    output = _finish(process, log, timeout=300)
     assert process.returncode == 0, output
     assert "0 of 7 steps to run" in output
+    assert (out / "benchmarks" / "mtbench.json").stat().st_mtime == benchmark_mtime
+
+    # 4. A grid edited under finished cells is refused before any work, naming the cells.
+    spec = yaml.safe_load(grid_file.read_text())
+    spec["training"]["max_steps"] = 4
+    edited = grid_file.parent / "edited.yaml"
+    edited.write_text(yaml.safe_dump(spec))
+    process = _sweep(edited, log)
+    output = _finish(process, log, timeout=300)
+    assert process.returncode == 1
+    assert "| changed |" in output and "other arguments than the grid now gives" in output
     assert (out / "benchmarks" / "mtbench.json").stat().st_mtime == benchmark_mtime

@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 from drafter import AutoDrafter, DrafterMismatchError
 from drafter.data import DataCollatorForDrafter
 from drafter.training.arguments import DrafterTrainingArguments
+from drafter.training.clock import TrainingClock, seconds_recorded_in
 from drafter.training.losses import distillation_loss, drafter_loss
 from drafter.training.trainer import DrafterTrainer
 from tests.tiny_models import make_tiny_gpt2, make_tiny_llama, make_tiny_redrafter
@@ -221,6 +222,8 @@ def test_checkpoint_holds_drafter_only_and_resume_continues(tmp_path):
     base = make_tiny_llama()
     args = dict(max_steps=20, save_strategy="steps", save_steps=10, logging_steps=1, learning_rate=1e-3)
     full = make_trainer(tmp_path / "full", base, make_tiny_redrafter(base), **args)
+    full_clock = TrainingClock()
+    full.add_callback(full_clock)
     full.train()
     full_losses = {h["step"]: h["loss"] for h in full.state.log_history if "loss" in h}
 
@@ -230,8 +233,15 @@ def test_checkpoint_holds_drafter_only_and_resume_continues(tmp_path):
     assert set(tensors) == drafter_names
     assert not any("embed_tokens" in name or "layers." in name for name in tensors)
 
+    # the wall clock survives the resume: the checkpoint holds the seconds up to step 10
+    at_step_10 = seconds_recorded_in(str(checkpoint))
+    assert 0 < at_step_10 < full_clock.total_seconds
     resumed = make_trainer(tmp_path / "full", base, make_tiny_redrafter(base, seed=123), **args)
+    resumed_clock = TrainingClock(resumed_from=str(checkpoint))
+    resumed.add_callback(resumed_clock)
     resumed.train(resume_from_checkpoint=str(checkpoint))
+    assert resumed_clock.previous_seconds == at_step_10
+    assert resumed_clock.total_seconds == pytest.approx(at_step_10 + resumed_clock.this_run_seconds, rel=1e-3)
     resumed_losses = {h["step"]: h["loss"] for h in resumed.state.log_history if "loss" in h and h["step"] > 10}
     assert resumed.state.global_step == 20
     assert min(resumed_losses) == 11

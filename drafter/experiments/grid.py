@@ -29,6 +29,7 @@ recipe). Scope ``assistant_only`` labels only answers; ``full`` labels every tok
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
 import re
 from dataclasses import dataclass, field
@@ -50,6 +51,10 @@ AXIS_CONTROLLED = {
     "drafter_type", "dataset_name", "train_on_assistant_only", "use_knowledge_distillation",
     "use_distilled_dataset", "output_dir", "llm_name_or_path", "run_name",
 }
+
+# Arguments that decide the train/held-out split: one value for the whole grid (`training:` only), so every cell
+# holds out the same conversations and the teacher's answers can be filtered against them.
+SPLIT_KEYS = ("max_train_examples", "num_eval_examples", "seed")
 
 DEFAULT_TEACHER = {"max_examples": 800, "max_tokens": 128, "temperature": 0.0, "batch_size": 16, "data_seed": 0}
 DEFAULT_EVALUATION = {
@@ -106,10 +111,20 @@ class ExperimentGrid:
     evaluation: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.axes = {axis: list(self.axes.get(axis) or []) for axis in AXES}
+        unknown_axes = set(self.axes or {}) - set(AXES)
+        if unknown_axes:
+            raise GridError(f"unknown axes {sorted(unknown_axes)}; the axes are {list(AXES)}")
+        for axis, values in (self.axes or {}).items():
+            if values is not None and not isinstance(values, list):
+                raise GridError(f"axes.{axis} must be a list, e.g. [{values}]")
+        self.axes = {axis: list((self.axes or {}).get(axis) or []) for axis in AXES}
         for axis, default in (("scope", "assistant_only"), ("family", "redrafter"), ("method", "ground_truth"),
                               ("train_dataset", "sharegpt"), ("eval_dataset", "mtbench")):
             self.axes[axis] = self.axes[axis] or [default]
+        for section, defaults in (("teacher", DEFAULT_TEACHER), ("evaluation", DEFAULT_EVALUATION)):
+            unknown = set(getattr(self, section) or {}) - set(defaults)
+            if unknown:
+                raise GridError(f"unknown {section} keys {sorted(unknown)}; known: {sorted(defaults)}")
         self.teacher = {**DEFAULT_TEACHER, **(self.teacher or {})}
         self.evaluation = {**DEFAULT_EVALUATION, **(self.evaluation or {})}
         self._validate()
@@ -140,12 +155,18 @@ class ExperimentGrid:
             conflict = AXIS_CONTROLLED & set(arguments or {})
             if conflict:
                 raise GridError(f"{where} sets {sorted(conflict)}, which the grid's axes decide")
+            if where != "training" and set(SPLIT_KEYS) & set(arguments or {}):
+                raise GridError(f"{where} sets {sorted(set(SPLIT_KEYS) & set(arguments))}: the held-out split is "
+                                "one for the whole grid; set these under training:")
+        if "hf_generate" not in self.evaluation["baselines"]:
+            raise GridError("evaluation.baselines must include hf_generate (the reference for speed-up)")
         if "eval_dataset" in {key for c in self.cells for key in c}:
             raise GridError("cells take training axes only; every cell is evaluated on every axes.eval_dataset")
         names = [cell.name for cell in self.expand()]
         duplicated = sorted({n for n in names if names.count(n) > 1})
         if duplicated:
-            raise GridError(f"cells listed twice: {duplicated}")
+            raise GridError(f"two cells share the name(s) {duplicated}: a cell listed twice, or training datasets "
+                            "whose file names are the same")
 
     def expand(self) -> list[Cell]:
         """The product of the training axes, then the extra cells, in order."""
@@ -193,10 +214,14 @@ class ExperimentGrid:
     def reference_split(self) -> dict[str, Any]:
         """How every training dataset is split into train/held-out rows (shared by all cells, so accuracy is
         measured on the same held-out conversations and the teacher never answers a held-out prompt)."""
+        from ..training.arguments import DataArguments, DrafterTrainingArguments
+
+        defaults = {f.name: f.default for f in dataclasses.fields(DataArguments)}
+        defaults["seed"] = next(f.default for f in dataclasses.fields(DrafterTrainingArguments) if f.name == "seed")
         return {
-            "max_examples": self.training.get("max_train_examples"),
-            "eval_examples": self.training.get("num_eval_examples", 64),
-            "seed": self.training.get("seed", 42),
+            "max_examples": self.training.get("max_train_examples", defaults["max_train_examples"]),
+            "eval_examples": self.training.get("num_eval_examples", defaults["num_eval_examples"]),
+            "seed": self.training.get("seed", defaults["seed"]),
         }
 
     def to_dict(self) -> dict[str, Any]:

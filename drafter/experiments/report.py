@@ -9,13 +9,9 @@ from pathlib import Path
 from typing import Any, Optional
 
 from .grid import ExperimentGrid
-from .runner import ExperimentRunner
+from .runner import ExperimentRunner, read_json
 
 PACKAGES = ("torch", "transformers", "accelerate", "datasets", "peft", "numpy", "drafter")
-
-
-def _read(path: Path) -> Optional[dict]:
-    return json.loads(path.read_text()) if path.exists() else None
 
 
 def package_versions() -> dict[str, Optional[str]]:
@@ -34,13 +30,16 @@ def collect_results(runner: ExperimentRunner) -> dict[str, Any]:
     from ..evaluation.benchmark import environment
 
     grid = runner.grid
-    benchmarks = {name: _read(runner.benchmark_path(name)) for name in grid.eval_datasets}
+    # only benchmarks measured for exactly these cells, drafters and settings; others are listed as stale
+    states = {name: runner.benchmark_state(name) for name in grid.eval_datasets}
+    benchmarks = {name: read_json(runner.benchmark_path(name)) if state == "done" else None
+                  for name, state in states.items()}
     cells = []
     for cell in runner.cells:
         folder = grid.cell_dir(cell)
-        training = _read(folder / "drafter_eval.json")
-        reference = _read(folder / "reference_eval" / "drafter_eval.json") if runner.needs_reference_eval(cell) \
-            else training
+        training = read_json(folder / "drafter_eval.json")
+        reference = read_json(folder / "reference_eval" / "drafter_eval.json") \
+            if runner.needs_reference_eval(cell) else training
         evaluations = {}
         for eval_dataset, summary in benchmarks.items():
             entry = (summary or {}).get("methods", {}).get(cell.name)
@@ -67,7 +66,8 @@ def collect_results(runner: ExperimentRunner) -> dict[str, Any]:
         "reference_split": grid.reference_split(),
         "cells": cells,
         "baselines": baselines,
-        "benchmarks": {name: {k: v for k, v in (s or {}).items() if k != "methods"} for name, s in benchmarks.items()},
+        "benchmarks": {name: {k: v for k, v in s.items() if k != "methods"} for name, s in benchmarks.items() if s},
+        "stale_or_missing_benchmarks": [name for name, state in states.items() if state != "done"],
     }
 
 
@@ -76,10 +76,11 @@ def _fmt(value: Any, pattern: str = "{:.3f}") -> str:
 
 
 def results_table(results: dict[str, Any]) -> str:
-    """One row per (cell, evaluation dataset)."""
+    """One row per (cell, evaluation dataset). Accuracy is on the held-out split of the training data (assistant
+    tokens), the same for every eval dataset row of a cell; tau and speed-up are per eval dataset."""
     lines = [
         "| cell | method | scope | family | train data | eval data | draft vocab | params | steps | train min | "
-        "step-1 top-1 | step-1 top-5 | tau | speed-up | identical |",
+        "held-out step-1 top-1 | held-out step-1 top-5 | tau | speed-up | identical |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for cell in results["cells"]:
@@ -106,6 +107,9 @@ def results_table(results: dict[str, Any]) -> str:
                          f"{entry['prompts']} prompts ({entry['generated_tokens']} tokens)")
     if notes:
         lines += ["", "Baselines measured in the same benchmark runs:", *notes]
+    if results["stale_or_missing_benchmarks"]:
+        lines += ["", "Not measured for the current cells (run the sweep to update): "
+                  + ", ".join(results["stale_or_missing_benchmarks"])]
     return "\n".join(lines)
 
 
@@ -129,7 +133,8 @@ def plot_results(results: dict[str, Any], folder: Path) -> list[Path]:
         for col, (metric, label) in enumerate((("tau", "tau (tokens per verification step)"),
                                                ("speedup", "speed-up over transformers generate"))):
             ax = axes[row][col]
-            values = [(c["evaluations"].get(eval_dataset) or {}).get(metric) or 0.0 for c in cells]
+            # a cell without a measurement gets no bar (NaN), not a zero
+            values = [(c["evaluations"].get(eval_dataset) or {}).get(metric) or float("nan") for c in cells]
             bars = ax.barh(names, values, color="#4a78b5" if metric == "tau" else "#c0504d")
             ax.bar_label(bars, fmt="%.2f", fontsize=7)
             ax.axvline(1.0, color="grey", linewidth=0.8, linestyle="--")
@@ -164,8 +169,8 @@ def plot_results(results: dict[str, Any], folder: Path) -> list[Path]:
     return written
 
 
-def write_report(runner: ExperimentRunner) -> dict[str, Path]:
-    """results.json, results.md and the charts in the grid's output folder."""
+def write_report(runner: ExperimentRunner) -> tuple[dict[str, Any], dict[str, Path]]:
+    """results.json, results.md and the charts in the grid's output folder; returns the results and the paths."""
     grid: ExperimentGrid = runner.grid
     results = collect_results(runner)
     root = grid.root
@@ -173,4 +178,4 @@ def write_report(runner: ExperimentRunner) -> dict[str, Path]:
     table = results_table(results)
     (root / "results.md").write_text(f"# Experiment '{grid.name}'\n\n{table}\n")
     charts = plot_results(results, root)
-    return {"json": root / "results.json", "markdown": root / "results.md", **{p.stem: p for p in charts}}
+    return results, {"json": root / "results.json", "markdown": root / "results.md", **{p.stem: p for p in charts}}

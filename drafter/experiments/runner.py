@@ -16,6 +16,7 @@ import hashlib
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -46,9 +47,13 @@ class Step:
 
     kind: str  # teacher | train | reference_eval | benchmark
     label: str
-    done: bool
+    status: str  # done | to run | changed | stale
     estimate_s: float
     run: Callable[[], None]
+
+    @property
+    def done(self) -> bool:
+        return self.status == "done"
 
 
 def _file_hash(payload: Any) -> str:
@@ -62,7 +67,17 @@ def _write_json(path: Path, payload: Any) -> None:
     os.replace(tmp, path)
 
 
-def _read_json(path: Path) -> Optional[dict]:
+# Where a cell's files go; moving a sweep's output folder does not change what its cells trained.
+LOCATION_KEYS = ("output_dir", "run_name")
+
+
+def _comparable(arguments: dict[str, Any]) -> dict[str, Any]:
+    """Arguments as recorded in cell.json (JSON types), without the location keys."""
+    plain = json.loads(json.dumps(arguments, default=str))
+    return {k: v for k, v in plain.items() if k not in LOCATION_KEYS}
+
+
+def read_json(path: Path) -> Optional[dict]:
     try:
         return json.loads(path.read_text())
     except (FileNotFoundError, json.JSONDecodeError):
@@ -72,7 +87,7 @@ def _read_json(path: Path) -> Optional[dict]:
 class ExperimentRunner:
     """Plans and runs a grid. `python` is the interpreter for the per-cell training processes."""
 
-    def __init__(self, grid: ExperimentGrid, python: str = sys.executable, echo: bool = True):
+    def __init__(self, grid: ExperimentGrid, python: str = sys.executable, echo: bool = True) -> None:
         self.grid = grid
         self.python = python
         self.echo = echo
@@ -128,17 +143,15 @@ class ExperimentRunner:
         dataset = str(self.teacher_train_file(cell.train_dataset)) if cell.method == "self_distilled" else None
         return self.grid.train_arguments(cell, dataset_name=dataset)
 
-    def cell_done(self, cell: Cell) -> bool:
+    def cell_state(self, cell: Cell) -> str:
+        """"done", "to run", or "changed" (trained or started with other arguments than the grid now gives)."""
         folder = self.grid.cell_dir(cell)
-        recorded = _read_json(folder / "cell.json")
-        if recorded is None or not (folder / "drafter_eval.json").exists():
-            return False
-        if recorded["train_arguments"] != json.loads(json.dumps(self.cell_arguments(cell), default=str)):
-            raise RuntimeError(
-                f"cell {cell.name} in {folder} was trained with other arguments than the grid now gives; "
-                "delete that folder to retrain it, or restore the grid file"
-            )
-        return True
+        recorded = read_json(folder / "cell.json")
+        if recorded is None:
+            return "to run"
+        if _comparable(recorded["train_arguments"]) != _comparable(self.cell_arguments(cell)):
+            return "changed"
+        return "done" if (folder / "drafter_eval.json").exists() else "to run"
 
     def train_cell(self, cell: Cell) -> None:
         from transformers.trainer_utils import get_last_checkpoint
@@ -146,9 +159,6 @@ class ExperimentRunner:
         folder = self.grid.cell_dir(cell)
         folder.mkdir(parents=True, exist_ok=True)
         arguments = self.cell_arguments(cell)
-        previous = _read_json(folder / "cell.json")
-        if previous is not None and previous["train_arguments"] != json.loads(json.dumps(arguments, default=str)):
-            raise RuntimeError(f"{folder} holds a partial run with other arguments; delete it to start over")
         _write_json(folder / "cell.json", {**cell.describe(), "train_arguments": arguments})
         recipe = dict(arguments)
         checkpoint = get_last_checkpoint(str(folder))
@@ -181,16 +191,34 @@ class ExperimentRunner:
 
     def benchmark_path(self, eval_dataset: str) -> Path:
         label = Path(str(eval_dataset).rstrip("/\\")).stem or "eval"
+        same_stem = [d for d in self.grid.eval_datasets if (Path(str(d).rstrip("/\\")).stem or "eval") == label]
+        if len(same_stem) > 1:  # e.g. a/data.jsonl and b/data.jsonl
+            label += "-" + _file_hash(eval_dataset)[:8]
         return self.grid.root / "benchmarks" / f"{label}.json"
 
+    def drafter_fingerprint(self, cell: Cell) -> Optional[str]:
+        """Hash of the trained drafter's weights: a retrained cell invalidates the benchmarks it was in."""
+        weights = self.grid.cell_dir(cell) / "model.safetensors"
+        if not weights.exists():
+            return None
+        digest = hashlib.sha256()
+        with open(weights, "rb") as f:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                digest.update(block)
+        return digest.hexdigest()[:16]
+
     def benchmark_key(self, eval_dataset: str) -> str:
-        cells = {cell.name: self.cell_arguments(cell) for cell in self.cells}
+        cells = {cell.name: [_comparable(self.cell_arguments(cell)), self.drafter_fingerprint(cell)]
+                 for cell in self.cells}
         return _file_hash({"eval_dataset": eval_dataset, "evaluation": self.grid.evaluation, "cells": cells,
                            "split": self.grid.reference_split()})
 
-    def benchmark_done(self, eval_dataset: str) -> bool:
-        recorded = _read_json(self.benchmark_path(eval_dataset))
-        return recorded is not None and recorded.get("key") == self.benchmark_key(eval_dataset)
+    def benchmark_state(self, eval_dataset: str) -> str:
+        """"done", "to run", or "stale" (measured for other cells, drafters or settings than the grid's now)."""
+        recorded = read_json(self.benchmark_path(eval_dataset))
+        if recorded is None:
+            return "to run"
+        return "done" if recorded.get("key") == self.benchmark_key(eval_dataset) else "stale"
 
     def eval_prompts(self, eval_dataset: str) -> list[dict]:
         """MT-Bench: its questions in file order. Any other source: first turns of its held-out split (the
@@ -255,20 +283,47 @@ class ExperimentRunner:
             dataset = cell.train_dataset
             if cell.method == "self_distilled" and dataset not in teacher_ready:  # just before its first use
                 teacher_ready.add(dataset)
-                steps.append(Step(
-                    "teacher", f"teacher answers for {dataset}", self.teacher_train_file(dataset).exists(),
-                    self._estimate_teacher(dataset), lambda d=dataset: self.make_teacher_data(d),
-                ))
-            steps.append(Step("train", cell.name, self.cell_done(cell), self._estimate_train(cell),
+                done = self.teacher_train_file(dataset).exists()
+                steps.append(Step("teacher", f"teacher answers for {dataset}", "done" if done else "to run",
+                                  self._estimate_teacher(dataset), lambda d=dataset: self.make_teacher_data(d)))
+            steps.append(Step("train", cell.name, self.cell_state(cell), self._estimate_train(cell),
                               lambda c=cell: self.train_cell(c)))
             if self.needs_reference_eval(cell):
                 done = (self.grid.cell_dir(cell) / "reference_eval" / "drafter_eval.json").exists()
-                steps.append(Step("reference_eval", cell.name, done, CPU_COSTS["process_start_s"]
-                                  + CPU_COSTS["eval_s"], lambda c=cell: self.reference_eval(c)))
+                steps.append(Step("reference_eval", cell.name, "done" if done else "to run",
+                                  CPU_COSTS["process_start_s"] + CPU_COSTS["eval_s"],
+                                  lambda c=cell: self.reference_eval(c)))
         for eval_dataset in self.grid.eval_datasets:
-            steps.append(Step("benchmark", eval_dataset, self.benchmark_done(eval_dataset),
+            steps.append(Step("benchmark", eval_dataset, self.benchmark_state(eval_dataset),
                               self._estimate_benchmark(), lambda d=eval_dataset: self.run_benchmark(d)))
         return steps
+
+    def check_can_run(self, steps: list[Step]) -> None:
+        """Refuse, before any work, a grid that contradicts what its output folder already holds."""
+        recorded = read_json(self.grid.root / "grid.json")
+        if recorded is not None:
+            before = ExperimentGrid(**recorded).reference_split()
+            if before != self.grid.reference_split():
+                raise RuntimeError(
+                    f"{self.grid.root} was started with the held-out split {before}; the grid now gives "
+                    f"{self.grid.reference_split()}. Use a new output_dir (cells and teacher data depend on it)."
+                )
+        changed = [s.label for s in steps if s.status == "changed"]
+        if changed:
+            raise RuntimeError(
+                f"cells trained or started with other arguments than the grid now gives: {changed}; delete "
+                f"their folders under {self.grid.root / 'cells'} to retrain them, or restore the grid file"
+            )
+        from transformers import HfArgumentParser
+
+        from ..training.arguments import DataArguments, DrafterTrainingArguments, ModelArguments
+
+        parser = HfArgumentParser((ModelArguments, DataArguments, DrafterTrainingArguments))
+        for cell in self.cells:  # unknown or mistyped training arguments fail now, not hours into the sweep
+            try:
+                parser.parse_dict(self.cell_arguments(cell), allow_extra_keys=False)
+            except (ValueError, TypeError) as error:
+                raise RuntimeError(f"cell {cell.name}: invalid training arguments: {error}") from error
 
     def _estimate_train(self, cell: Cell) -> float:
         arguments = self.cell_arguments(cell)
@@ -294,7 +349,8 @@ class ExperimentRunner:
 
     def _estimate_benchmark(self) -> float:
         e = self.grid.evaluation
-        per_method = e["max_num_prompts"] * e["max_new_tokens"] / CPU_COSTS["decode_tokens_per_s"]
+        prompts = e["max_num_prompts"] * max(1, e["repeats"]) + e["warmup"]
+        per_method = prompts * e["max_new_tokens"] / CPU_COSTS["decode_tokens_per_s"]
         return CPU_COSTS["process_start_s"] + per_method * (len(e["baselines"]) + len(self.cells))
 
     # ------------------------------------------------------------------------------------------ running
@@ -304,6 +360,7 @@ class ExperimentRunner:
         self._say(format_plan(self.grid, steps))
         if dry_run:
             return steps
+        self.check_can_run(steps)
         self.grid.root.mkdir(parents=True, exist_ok=True)
         _write_json(self.grid.root / "grid.json", self.grid.to_dict())
         todo = [s for s in steps if not s.done]
@@ -323,17 +380,23 @@ class ExperimentRunner:
             sink.write(f"\n$ {' '.join(command)}\n")
             sink.flush()
             process = subprocess.Popen(
-                command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
+                command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+                preexec_fn=_die_with_parent,
             )
             assert process.stdout is not None
-            for chunk in iter(lambda: process.stdout.read1(4096), b""):
-                text = chunk.decode(errors="replace")
-                sink.write(text)
-                sink.flush()
-                if self.echo:
-                    sys.stdout.write(text)
-                    sys.stdout.flush()
-            code = process.wait()
+            try:
+                for chunk in iter(lambda: process.stdout.read1(4096), b""):
+                    text = chunk.decode(errors="replace")
+                    sink.write(text)
+                    sink.flush()
+                    if self.echo:
+                        sys.stdout.write(text)
+                        sys.stdout.flush()
+                code = process.wait()
+            finally:  # Ctrl-C / an error here: never leave a trainer running that a resumed sweep would race
+                if process.poll() is None:
+                    process.terminate()
+                    process.wait()
         if code != 0:
             tail = "".join(log.read_text().splitlines(keepends=True)[-20:])
             raise RuntimeError(f"`{' '.join(command)}` failed with exit code {code}; log {log}:\n{tail}")
@@ -345,13 +408,21 @@ class ExperimentRunner:
             logger.info(text)
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: on Linux, get SIGTERM when the sweep process dies (even by SIGKILL)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 def format_plan(grid: ExperimentGrid, steps: list[Step]) -> str:
     todo = [s for s in steps if not s.done]
     lines = [f"Experiment '{grid.name}' -> {grid.output_dir}", "", "| step | what | status | estimate (2-core CPU) |",
              "|---|---|---|---|"]
     for step in steps:
-        status = "done" if step.done else "to run"
-        lines.append(f"| {step.kind} | {step.label} | {status} | {step.estimate_s / 60:.1f} min |")
+        lines.append(f"| {step.kind} | {step.label} | {step.status} | {step.estimate_s / 60:.1f} min |")
     total = sum(s.estimate_s for s in todo)
     lines.append(f"\n{len(todo)} of {len(steps)} steps to run, estimated {total / 60:.0f} min on a 2-core CPU "
                  "(a GPU is much faster)")

@@ -6,7 +6,7 @@ import dataclasses
 import json
 import logging
 import sys
-from typing import Optional
+from typing import Any, Optional
 
 import yaml
 from transformers import HfArgumentParser
@@ -47,7 +47,7 @@ QUICK_PRESET = {
 }
 
 
-def parse_arguments(argv: list[str]):
+def parse_arguments(argv: list[str]) -> tuple[ModelArguments, DataArguments, DrafterTrainingArguments]:
     parser = HfArgumentParser((ModelArguments, DataArguments, DrafterTrainingArguments))
     if argv and argv[0].endswith((".yaml", ".yml", ".json")):
         recipe = load_recipe(argv[0])
@@ -79,7 +79,7 @@ def _explicit_keys(argv: list[str]) -> set[str]:
     return keys | {key[3:] for key in keys if key.startswith("no_")}
 
 
-def _as_dict(args) -> dict:
+def _as_dict(args: Any) -> dict:
     # Only init fields: TrainingArguments also carries derived attributes that parse_dict rejects.
     return {f.name: getattr(args, f.name) for f in dataclasses.fields(args) if f.init}
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import time
 from typing import Optional
 
 from transformers import PreTrainedModel
@@ -21,6 +20,7 @@ from ..models import (
 )
 from ..models.loading import load_base_model, load_tokenizer
 from .arguments import DataArguments, DrafterTrainingArguments, ModelArguments
+from .clock import TrainingClock
 from .draft_vocab import count_target_tokens, select_draft_vocabulary
 from .trainer import DrafterTrainer
 
@@ -159,21 +159,21 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Dra
         eval_dataset=datasets["eval"],
     )
     if training_args.phase == "train":
-        started = time.perf_counter()
-        train_output = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-        train_seconds = time.perf_counter() - started
+        checkpoint = _resolve_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir)
+        clock = TrainingClock(resumed_from=checkpoint)
+        trainer.add_callback(clock)
+        train_output = trainer.train(resume_from_checkpoint=checkpoint)
         trainer.save_model(training_args.output_dir)
-        steps_run = train_output.global_step - _checkpoint_step(
-            training_args.resume_from_checkpoint, training_args.output_dir
-        )
+        steps_run = train_output.global_step - _checkpoint_step(checkpoint)
         seen_tokens = _trained_target_tokens(trainer, datasets["train"], steps_run)
         summary.update(
-            train_seconds=train_seconds,
+            train_seconds=clock.total_seconds,  # all runs, when resumed
+            train_seconds_this_run=clock.this_run_seconds,
             train_steps=train_output.global_step,
             train_steps_this_run=steps_run,
             train_loss=train_output.training_loss,
             trained_target_tokens=seen_tokens,
-            train_tokens_per_second=seen_tokens / train_seconds if train_seconds else None,
+            train_tokens_per_second=seen_tokens / clock.this_run_seconds if clock.this_run_seconds else None,
         )
     metrics = trainer.evaluate()
     summary.update(metrics)
@@ -188,10 +188,17 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Dra
     return summary
 
 
-def _checkpoint_step(checkpoint, output_dir: str) -> int:
-    """The global step a resumed run starts from (0 for a fresh run); `True` means the latest checkpoint."""
+def _resolve_checkpoint(checkpoint: Optional[str], output_dir: str) -> Optional[str]:
+    """The checkpoint folder a run resumes from: a path, or `True` for the latest in output_dir, or None."""
     if checkpoint in (True, "True", "true"):
         checkpoint = get_last_checkpoint(output_dir)
+        if checkpoint is None:
+            raise ValueError(f"--resume_from_checkpoint True: no checkpoint in {output_dir}")
+    return checkpoint or None
+
+
+def _checkpoint_step(checkpoint: Optional[str]) -> int:
+    """The global step a resumed run starts from (0 for a fresh run)."""
     if not checkpoint or not os.path.isdir(checkpoint):
         return 0
     with open(os.path.join(checkpoint, "trainer_state.json")) as f:

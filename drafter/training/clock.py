@@ -1,0 +1,49 @@
+"""Training wall-clock time that survives a resume: every checkpoint records the total so far."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any, Optional
+
+from transformers import TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+CLOCK_FILE = "train_clock.json"
+
+
+class TrainingClock(TrainerCallback):
+    """Seconds spent in `Trainer.train`, including the runs before a resume (read from the checkpoint)."""
+
+    def __init__(self, resumed_from: Optional[str] = None) -> None:
+        self.previous_seconds = seconds_recorded_in(resumed_from)
+        self.started: Optional[float] = None
+
+    @property
+    def this_run_seconds(self) -> float:
+        return time.perf_counter() - self.started if self.started is not None else 0.0
+
+    @property
+    def total_seconds(self) -> float:
+        return self.previous_seconds + self.this_run_seconds
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.started = time.perf_counter()
+
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        folder = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
+        if state.is_world_process_zero and os.path.isdir(folder):
+            with open(os.path.join(folder, CLOCK_FILE), "w") as f:
+                json.dump({"train_seconds": self.total_seconds, "global_step": state.global_step}, f)
+
+
+def seconds_recorded_in(checkpoint: Optional[str]) -> float:
+    """Training seconds up to `checkpoint` (0 for none, or for a checkpoint written without a clock)."""
+    if not checkpoint:
+        return 0.0
+    try:
+        with open(os.path.join(checkpoint, CLOCK_FILE)) as f:
+            return float(json.load(f)["train_seconds"])
+    except (OSError, ValueError, KeyError):
+        return 0.0
