@@ -115,6 +115,8 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Dra
     """Train (phase=train) or evaluate (phase=eval) a drafter; returns the evaluation metrics."""
     if training_args.phase == "eval" and not model_args.drafter_name_or_path:
         raise ValueError("--phase eval needs --drafter_name_or_path")
+    if data_args.use_distilled_dataset and training_args.use_knowledge_distillation:
+        raise ValueError("--use_distilled_dataset and --use_knowledge_distillation cannot be combined")
     tokenizer = load_tokenizer(model_args.llm_name_or_path, trust_remote_code=model_args.trust_remote_code)
     base = load_base_model(
         model_args.llm_name_or_path,
@@ -131,17 +133,9 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Dra
         seed=training_args.seed,
     )
     drafter = build_drafter(model_args, base)
-    if data_args.use_distilled_dataset:
-        if training_args.use_knowledge_distillation:
-            raise ValueError("--use_distilled_dataset and --use_knowledge_distillation cannot be combined")
-        datasets["train"] = distilled_train_split(base, model_args, data_args, datasets["train"], training_args.seed)
-        if data_args.distill_num_future_tokens - 1 < drafter.num_draft_steps:
-            logger.warning(
-                "Distilled continuations of %d tokens train only %d of the drafter's %d steps",
-                data_args.distill_num_future_tokens, data_args.distill_num_future_tokens - 1,
-                drafter.num_draft_steps,
-            )
     summary: dict = {"drafter_parameters": sum(p.numel() for p in drafter.parameters())}
+    # Counted on the whole training split, before a distilled subset replaces it: with the distilled dataset
+    # only --distill_max_examples conversations train, too few to rank a vocabulary of thousands of tokens.
     if drafter.has_reduced_vocabulary and not model_args.drafter_name_or_path:
         counts = count_target_tokens(datasets["train"]["labels"], drafter.config.vocab_size)
         draft_to_base, coverage = select_draft_vocabulary(counts, drafter.config.draft_vocab_size)
@@ -149,6 +143,15 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Dra
         summary["draft_vocab_coverage"] = coverage
         logger.info("Draft vocabulary of %d tokens covers %.1f%% of training targets",
                     drafter.config.draft_vocab_size, 100 * coverage)
+
+    if data_args.use_distilled_dataset:
+        datasets["train"] = distilled_train_split(base, model_args, data_args, datasets["train"], training_args.seed)
+        if data_args.distill_num_future_tokens - 1 < drafter.num_draft_steps:
+            logger.warning(
+                "Distilled continuations of %d tokens train only %d of the drafter's %d steps",
+                data_args.distill_num_future_tokens, data_args.distill_num_future_tokens - 1,
+                drafter.num_draft_steps,
+            )
 
     trainer = DrafterTrainer(
         model=drafter,
