@@ -127,8 +127,8 @@ def plot_results(results: dict[str, Any], folder: Path) -> list[Path]:
     names = [c["name"] for c in cells]
     written = []
 
-    fig, axes = plt.subplots(len(eval_datasets), 2, figsize=(12, 1.2 + 0.45 * len(cells) * len(eval_datasets)),
-                             squeeze=False)
+    fig, axes = plt.subplots(len(eval_datasets), 2, figsize=(14, 1.4 + 0.45 * len(cells) * len(eval_datasets)),
+                             squeeze=False, sharey="row")
     for row, eval_dataset in enumerate(eval_datasets):
         for col, (metric, label) in enumerate((("tau", "tau (tokens per verification step)"),
                                                ("speedup", "speed-up over transformers generate"))):
@@ -136,12 +136,15 @@ def plot_results(results: dict[str, Any], folder: Path) -> list[Path]:
             # a cell without a measurement gets no bar (NaN), not a zero
             values = [(c["evaluations"].get(eval_dataset) or {}).get(metric) or float("nan") for c in cells]
             bars = ax.barh(names, values, color="#4a78b5" if metric == "tau" else "#c0504d")
-            ax.bar_label(bars, fmt="%.2f", fontsize=7)
+            ax.bar_label(bars, fmt="%.2f", fontsize=7, padding=2)
+            measured = [v for v in values if v == v]  # drop NaN
+            ax.set_xlim(0, 1.15 * max(measured + [1.0]))
             ax.axvline(1.0, color="grey", linewidth=0.8, linestyle="--")
             ax.set_xlabel(label)
             ax.set_title(f"eval: {Path(eval_dataset).stem}", fontsize=9)
-            ax.tick_params(axis="y", labelsize=7)
-            ax.invert_yaxis()
+            ax.tick_params(axis="y", labelsize=7, labelleft=col == 0)
+            if col == 0:
+                ax.invert_yaxis()  # shared y: inverting once keeps the grid's cell order top-down
     fig.tight_layout()
     path = folder / "tau_speedup.png"
     fig.savefig(path, dpi=110)

@@ -31,7 +31,8 @@ QUICK_PRESET = {
     "train_on_assistant_only": True,
     "drafter_predict_n_tokens": 4,
     "exit_dim_multiplier": 1.0,
-    "draft_vocab_size": 8192,
+    # chosen from the equal-wall-clock comparison of full/16k/8k/4k draft vocabularies (BENCHMARKS.md, issue 7)
+    "draft_vocab_size": 4096,
     "per_device_train_batch_size": 8,
     "per_device_eval_batch_size": 8,
     "max_steps": 70,
