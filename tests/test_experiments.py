@@ -200,3 +200,25 @@ def test_killed_sweep_resumes_and_a_finished_sweep_skips_everything(tiny_setup):
     assert process.returncode == 1
     assert "| changed |" in output and "other arguments than the grid now gives" in output
     assert (out / "benchmarks" / "mtbench.json").stat().st_mtime == benchmark_mtime
+
+
+@pytest.mark.parametrize("positions", [1, 3])
+def test_charts_for_one_and_several_drafted_positions(tmp_path, positions):
+    from drafter.experiments.report import plot_results, results_table
+
+    cells = [
+        {"name": name, "method": "ground_truth", "scope": "assistant_only", "family": "redrafter",
+         "train_dataset": "sharegpt", "train_arguments": {"draft_vocab_size": 4096}, "reference_accuracy": {},
+         "training": {"train_steps": 3, "train_seconds": 60.0, "drafter_parameters": 1e6},
+         "evaluations": {"mtbench": {"tau": 1.2, "speedup": 1.1, "identical": 2, "prompts": 2,
+                                     "acceptance_by_position": [0.5 / (k + 1) for k in range(positions)]}}}
+        for name in ("a", "b")
+    ]
+    cells[1]["evaluations"] = {}  # not measured: no bar, no line, a dash in the table
+    results = {"grid": {"axes": {"eval_dataset": ["mtbench"]}}, "cells": cells, "baselines": {},
+               "stale_or_missing_benchmarks": ["mtbench"]}
+    paths = plot_results(results, tmp_path)
+    assert all(p.stat().st_size > 1000 for p in paths)
+    table = results_table(results)
+    assert "| a |" in table and "1.10x" in table and "| b |" in table
+    assert "Not measured for the current cells" in table

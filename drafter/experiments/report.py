@@ -151,19 +151,36 @@ def plot_results(results: dict[str, Any], folder: Path) -> list[Path]:
     plt.close(fig)
     written.append(path)
 
-    fig, axes = plt.subplots(1, len(eval_datasets), figsize=(6 * len(eval_datasets), 4), squeeze=False)
+    longest = max((len((c["evaluations"].get(d) or {}).get("acceptance_by_position") or [])
+                   for c in cells for d in eval_datasets), default=0)
+    if longest <= 1:  # one drafted position (beam_length 2): bars per cell, a line would be a dot
+        fig, axes = plt.subplots(1, len(eval_datasets), figsize=(7 * len(eval_datasets), 1.4 + 0.45 * len(cells)),
+                                 squeeze=False, sharey="row")
+    else:
+        fig, axes = plt.subplots(1, len(eval_datasets), figsize=(6 * len(eval_datasets), 4), squeeze=False)
     for col, eval_dataset in enumerate(eval_datasets):
         ax = axes[0][col]
-        for cell in cells:
-            rates = (cell["evaluations"].get(eval_dataset) or {}).get("acceptance_by_position") or []
-            if rates:
-                ax.plot(range(1, len(rates) + 1), rates, marker="o", label=cell["name"])
-        ax.set_xlabel("drafted position")
-        ax.set_ylabel("acceptance rate")
-        ax.set_ylim(0, 1)
-        ax.xaxis.get_major_locator().set_params(integer=True)
+        rates_per_cell = [(c["evaluations"].get(eval_dataset) or {}).get("acceptance_by_position") or []
+                          for c in cells]
+        if longest <= 1:
+            values = [rates[0] if rates else float("nan") for rates in rates_per_cell]
+            bars = ax.barh(names, values, color="#6a9f58")
+            ax.bar_label(bars, fmt="%.3f", fontsize=7, padding=2)
+            ax.set_xlim(0, 1)
+            ax.set_xlabel("acceptance rate of drafted position 1")
+            ax.tick_params(axis="y", labelsize=7, labelleft=col == 0)
+            if col == 0:
+                ax.invert_yaxis()
+        else:
+            for name, rates in zip(names, rates_per_cell):
+                if rates:
+                    ax.plot(range(1, len(rates) + 1), rates, marker="o", label=name)
+            ax.set_xticks(range(1, longest + 1))
+            ax.set_xlabel("drafted position")
+            ax.set_ylabel("acceptance rate")
+            ax.set_ylim(0, 1)
+            ax.legend(fontsize=6)
         ax.set_title(f"eval: {Path(eval_dataset).stem}", fontsize=9)
-        ax.legend(fontsize=6)
     fig.tight_layout()
     path = folder / "acceptance_by_position.png"
     fig.savefig(path, dpi=110)
