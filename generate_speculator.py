@@ -217,10 +217,10 @@ def run_compare(args: GenerationArguments, base, tokenizer, drafters: list, prom
             "generate": tokenizer.decode(reference.tokens, skip_special_tokens=True),
             **{
                 name: {
-                    "identical_to_generate": runs[i].tokens == reference.tokens,
-                    "tau": runs[i].accepted / max(runs[i].steps, 1),
+                    "identical_to_generate": benchmark.runs[name][i].tokens == reference.tokens,
+                    "tau": benchmark.runs[name][i].accepted / max(benchmark.runs[name][i].steps, 1),
                 }
-                for name, runs in ((name, benchmark.runs[name]) for name in names)
+                for name in names
             },
         }
         for i, (prompt, reference) in enumerate(zip(prompts, benchmark.runs["hf_generate"]))

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from drafter.data.generate import read_jsonl_rows
 from drafter.experiments import Cell, ExperimentGrid, ExperimentRunner, GridError
 from drafter.models.loading import EMBEDDED_BASE_MODEL, load_tokenizer
 from tests.tiny_models import make_tiny_llama
@@ -170,7 +171,7 @@ def test_killed_sweep_resumes_and_a_finished_sweep_skips_everything(tiny_setup):
     held_out = runner.held_out_ids(data_file)
     assert len(held_out) == 6
     teacher_file = Path(results["cells"][1]["train_arguments"]["dataset_name"])
-    trained_ids = {json.loads(line)["id"] for line in teacher_file.read_text().split("\n") if line}
+    trained_ids = {row["id"] for row in read_jsonl_rows(teacher_file)}
     assert trained_ids and not trained_ids & held_out
     benchmark = json.loads((out / "benchmarks" / "chats.json").read_text())
     assert set(benchmark["prompt_ids"]) <= held_out  # cross-evaluation prompts come from the held-out split

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from transformers import AutoTokenizer, LlamaForCausalLM
 
 import drafter.data.generate as generate_module
 from drafter.data import build_tokenized_datasets, load_conversations
@@ -36,6 +36,7 @@ from drafter.data.generate import (
     read_jsonl_rows,
     shard_indices,
 )
+from tests.tiny_models import make_tiny_llama
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MAX_TOKENS = 10
@@ -50,22 +51,10 @@ def tokenizer():
 
 
 def make_model(tokenizer, seed: int = 0) -> LlamaForCausalLM:
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=1,
-        eos_token_id=tokenizer.eos_token_id,
-        tie_word_embeddings=False,
-        initializer_range=0.5,  # peaked next-token distributions: no greedy ties
+    return make_tiny_llama(
+        seed, vocab_size=len(tokenizer), max_position_embeddings=1024,
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
     )
-    return LlamaForCausalLM(config).eval()
 
 
 PROMPTS = [

@@ -9,10 +9,11 @@ from drafter import RecurrentDraftingConfig, RecurrentDraftingModel
 
 
 def make_tiny_llama(
-    seed: int = 0, vocab_size: int = 96, hidden_size: int = 32, num_layers: int = 2
+    seed: int = 0, vocab_size: int = 96, hidden_size: int = 32, num_layers: int = 2, **config_overrides
 ) -> LlamaForCausalLM:
+    """`config_overrides` replace LlamaConfig fields (e.g. a real tokenizer's pad/eos ids)."""
     torch.manual_seed(seed)
-    config = LlamaConfig(
+    fields = dict(
         vocab_size=vocab_size,
         hidden_size=hidden_size,
         intermediate_size=2 * hidden_size,
@@ -27,6 +28,7 @@ def make_tiny_llama(
         # a wide init makes next-token distributions peaked, so greedy ties are practically impossible
         initializer_range=0.5,
     )
+    config = LlamaConfig(**{**fields, **config_overrides})
     return LlamaForCausalLM(config).eval()
 
 

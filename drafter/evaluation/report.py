@@ -43,10 +43,14 @@ def markdown_table(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_json(data: dict[str, Any], path: str) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(data, f, indent=2)
+def write_json(data: Any, path: str | os.PathLike) -> None:
+    """Write `data` as indented JSON, atomically (a killed writer leaves the old file, never half a new one)."""
+    path = os.path.abspath(path)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=2, default=str)
+    os.replace(tmp, path)
 
 
 def plot_summary(summary: dict[str, Any], path: str, title: str = "") -> None:

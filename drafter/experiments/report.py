@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import time
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Optional
 
+from ..evaluation.report import write_json
 from .grid import ExperimentGrid
 from .runner import ExperimentRunner, read_json
 
@@ -194,7 +194,7 @@ def write_report(runner: ExperimentRunner) -> tuple[dict[str, Any], dict[str, Pa
     grid: ExperimentGrid = runner.grid
     results = collect_results(runner)
     root = grid.root
-    (root / "results.json").write_text(json.dumps(results, indent=2, default=str))
+    write_json(results, root / "results.json")
     table = results_table(results)
     (root / "results.md").write_text(f"# Experiment '{grid.name}'\n\n{table}\n")
     charts = plot_results(results, root)

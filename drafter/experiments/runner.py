@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from ..evaluation.report import write_json
 from .grid import Cell, ExperimentGrid
 
 logger = logging.getLogger(__name__)
@@ -58,13 +59,6 @@ class Step:
 
 def _file_hash(payload: Any) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def _write_json(path: Path, payload: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=str))
-    os.replace(tmp, path)
 
 
 # Where a cell's files go; moving a sweep's output folder does not change what its cells trained.
@@ -107,14 +101,20 @@ class ExperimentRunner:
         """The teacher's answers minus the prompts held out for evaluation (so no cell trains on them)."""
         return self.grid.root / "data" / f"{self.teacher_folder(dataset).name}-train.jsonl"
 
-    def held_out_ids(self, dataset: str) -> set[str]:
+    def held_out_conversations(self, dataset: str) -> Any:
+        """The rows of `dataset` that every cell holds out (the grid's reference split), as a Dataset."""
         from ..data import load_conversations, split_train_eval
 
         split = self.grid.reference_split()
         rows = load_conversations(dataset, max_examples=split["max_examples"], seed=split["seed"])
-        return set(split_train_eval(rows, split["eval_examples"], split["seed"])["eval"]["id"])
+        return split_train_eval(rows, split["eval_examples"], split["seed"])["eval"]
+
+    def held_out_ids(self, dataset: str) -> set[str]:
+        return set(self.held_out_conversations(dataset)["id"])
 
     def make_teacher_data(self, dataset: str) -> None:
+        from ..data.generate import read_jsonl_rows
+
         folder = self.teacher_folder(dataset)
         t = self.grid.teacher
         if not (folder / "data.jsonl").exists():
@@ -126,15 +126,14 @@ class ExperimentRunner:
                 log=self.grid.root / "logs" / f"teacher-{folder.name}.log",
             )
         held_out = self.held_out_ids(dataset)
-        # split on "\n" only: str.splitlines() would also cut at U+2028 & co. inside the JSON strings
-        lines = [line for line in (folder / "data.jsonl").read_text().split("\n") if line.strip()]
-        kept = [line for line in lines if json.loads(line)["id"] not in held_out]
+        rows = read_jsonl_rows(folder / "data.jsonl")
+        kept = [row for row in rows if row["id"] not in held_out]
         target = self.teacher_train_file(dataset)
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_suffix(".tmp")
-        tmp.write_text("\n".join(kept) + "\n")
+        tmp.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in kept))
         os.replace(tmp, target)
-        self._say(f"Teacher data for {dataset}: {len(kept)} answers ({len(lines) - len(kept)} held-out prompts "
+        self._say(f"Teacher data for {dataset}: {len(kept)} answers ({len(rows) - len(kept)} held-out prompts "
                   f"dropped) -> {target}")
 
     # ----------------------------------------------------------------------------------------- training
@@ -159,14 +158,14 @@ class ExperimentRunner:
         folder = self.grid.cell_dir(cell)
         folder.mkdir(parents=True, exist_ok=True)
         arguments = self.cell_arguments(cell)
-        _write_json(folder / "cell.json", {**cell.describe(), "train_arguments": arguments})
+        write_json({**cell.describe(), "train_arguments": arguments}, folder / "cell.json")
         recipe = dict(arguments)
         checkpoint = get_last_checkpoint(str(folder))
         if checkpoint:
             recipe["resume_from_checkpoint"] = checkpoint
             self._say(f"  resuming {cell.name} from {checkpoint}")
         recipe_path = folder / "train_recipe.json"
-        _write_json(recipe_path, recipe)
+        write_json(recipe, recipe_path)
         self._subprocess(["-m", "drafter.training", str(recipe_path)], log=folder / "train.log",
                          env={"TENSORBOARD_LOGGING_DIR": str(self.grid.tensorboard_dir(cell))})
 
@@ -184,7 +183,7 @@ class ExperimentRunner:
             output_dir=str(folder / "reference_eval"), report_to=["none"],
         )
         recipe_path = folder / "reference_eval_recipe.json"
-        _write_json(recipe_path, arguments)
+        write_json(arguments, recipe_path)
         self._subprocess(["-m", "drafter.training", str(recipe_path)], log=folder / "reference_eval.log")
 
     # -------------------------------------------------------------------------------------- evaluation
@@ -223,15 +222,12 @@ class ExperimentRunner:
     def eval_prompts(self, eval_dataset: str) -> list[dict]:
         """MT-Bench: its questions in file order. Any other source: first turns of its held-out split (the
         conversations no cell trained on)."""
-        from ..data import first_turn_prompts, load_conversations, load_prompts, split_train_eval
+        from ..data import first_turn_prompts, load_prompts
 
         limit = self.grid.evaluation["max_num_prompts"]
         if eval_dataset == "mtbench":
             return load_prompts("mtbench", max_examples=limit)
-        split = self.grid.reference_split()
-        rows = load_conversations(eval_dataset, max_examples=split["max_examples"], seed=split["seed"])
-        held_out = split_train_eval(rows, split["eval_examples"], split["seed"])["eval"]
-        return first_turn_prompts(held_out, eval_dataset)[:limit]
+        return first_turn_prompts(self.held_out_conversations(eval_dataset), eval_dataset)[:limit]
 
     def run_benchmark(self, eval_dataset: str) -> None:
         import torch
@@ -272,7 +268,7 @@ class ExperimentRunner:
             settings=dict(settings),
             environment=environment(),
         )
-        _write_json(self.benchmark_path(eval_dataset), summary)
+        write_json(summary, self.benchmark_path(eval_dataset))
 
     # ---------------------------------------------------------------------------------------- planning
 
@@ -362,7 +358,7 @@ class ExperimentRunner:
             return steps
         self.check_can_run(steps)
         self.grid.root.mkdir(parents=True, exist_ok=True)
-        _write_json(self.grid.root / "grid.json", self.grid.to_dict())
+        write_json(self.grid.to_dict(), self.grid.root / "grid.json")
         todo = [s for s in steps if not s.done]
         for number, step in enumerate(todo, 1):
             self._say(f"\n[{number}/{len(todo)}] {step.kind}: {step.label} (estimate {step.estimate_s / 60:.1f} min)")
