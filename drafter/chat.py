@@ -6,8 +6,8 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-from .evaluation.benchmark import encode_chat_prompts
-from .generation.loop import BatchedDecoder
+from .engine.decode import BatchedDecoder
+from .engine.prompts import encode_chat_prompt
 
 
 @dataclass
@@ -50,7 +50,7 @@ class ChatSession:
 
     def reply(self, user_text: str, stream: Callable[[str], None] = lambda text: None) -> ReplyStats:
         self.messages.append({"role": "user", "content": user_text})
-        prompt = encode_chat_prompts(self.tokenizer, [{"messages": self.messages}])[0]
+        prompt = encode_chat_prompt(self.tokenizer, self.messages)
         produced: list[int] = []
         shown = ""
 

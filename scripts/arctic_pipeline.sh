@@ -6,7 +6,7 @@
 #   total_num_of_scripts=8 vllm_tensor_parallel=1 bash scripts/arctic_pipeline.sh   # 8 generation shards, 1 GPU each
 #
 # Knobs (environment variables):
-#   DATA_GEN=1/0              generate the training data with the base model (python -m drafter.data.generate)
+#   DATA_GEN=1/0              generate the training data with the base model (python -m drafter.teacher.generate)
 #   TRAIN=1/0                 train the speculator (python train_speculator.py CONFIG)
 #   EVAL=1/0                  evaluate it on held-out data (train_speculator.py --phase eval)
 #   EXPORT=1/0                export for vLLM + ArcticInference and print the `vllm serve` command
@@ -47,7 +47,7 @@ eval "$("$PYTHON" - "$CONFIG" <<'EOF'
 import shlex
 import sys
 
-from drafter.models.loading import EMBEDDED_BASE_MODEL
+from drafter.engine.loading import EMBEDDED_BASE_MODEL
 from train_speculator import load_recipe
 
 recipe = load_recipe(sys.argv[1])
@@ -97,14 +97,14 @@ if [ "$DATA_GEN" = "1" ]; then
             --num_shards "$total_num_of_scripts" --shard_index "$shard")
       if [ -n "$GEN_MAX_EXAMPLES" ]; then args+=(--max_examples "$GEN_MAX_EXAMPLES"); fi
       CUDA_VISIBLE_DEVICES=${devices:-${CUDA_VISIBLE_DEVICES:-}} \
-        "$PYTHON" -m drafter.data.generate "${args[@]}" > "$LOG_DIR/shard-$shard.log" 2>&1 &
+        "$PYTHON" -m drafter.teacher.generate "${args[@]}" > "$LOG_DIR/shard-$shard.log" 2>&1 &
       pids+=($!)
     done
     for pid in "${pids[@]}"; do
       wait "$pid" || { echo "a generation shard failed: see $LOG_DIR" >&2; exit 1; }
     done
   done
-  "$PYTHON" -m drafter.data.generate --output_dir "$DATA_DIR" --merge
+  "$PYTHON" -m drafter.teacher.generate --output_dir "$DATA_DIR" --merge
 fi
 
 # ------------------------------------------------------------------------------------------------ training

@@ -12,25 +12,11 @@ from __future__ import annotations
 import logging
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
+from ..engine.prompts import Span, clean_messages, has_chat_template, render_chat_prompt, render_plain
+
 logger = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
-
-Span = Tuple[int, int]
-
-
-def has_chat_template(tokenizer: Any) -> bool:
-    """Whether the tokenizer carries a chat template."""
-    return bool(getattr(tokenizer, "chat_template", None))
-
-
-def _clean(messages: Sequence[Mapping[str, Any]]) -> List[Dict[str, str]]:
-    # Arrow rows may carry extra keys or None; templates only need role/content strings.
-    return [{"role": str(m["role"]), "content": m.get("content") or ""} for m in messages]
-
-
-def _render(tokenizer: Any, messages: List[Dict[str, str]], add_generation_prompt: bool) -> str:
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
 
 
 def _end_of_turn_candidates(tokenizer: Any) -> List[str]:
@@ -67,8 +53,8 @@ def render_with_assistant_spans(tokenizer: Any, messages: Sequence[Mapping[str, 
     its content and the end-of-turn token right after it. A reply whose content cannot be found in the
     rendered text (a template that rewrites it) is left out with a debug log.
     """
-    messages = _clean(messages)
-    text = _render(tokenizer, messages, add_generation_prompt=False)
+    messages = clean_messages(messages)
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=False)
     candidates = _end_of_turn_candidates(tokenizer)
     spans: List[Span] = []
     cursor = 0  # searches go forward only, so a reply quoted in an earlier user turn is not matched
@@ -78,7 +64,7 @@ def render_with_assistant_spans(tokenizer: Any, messages: Sequence[Mapping[str, 
         if message["role"] == "assistant" and index > 0:
             # Exact position when the template renders prefixes consistently (true for most templates).
             try:
-                prefix = _render(tokenizer, messages[:index], add_generation_prompt=True)
+                prefix = render_chat_prompt(tokenizer, messages[:index])
             except Exception:  # some templates reject a prefix (e.g. strict role alternation checks)
                 prefix = None
             if prefix is not None and len(prefix) >= cursor and text.startswith(prefix + content):
@@ -98,29 +84,6 @@ def render_with_assistant_spans(tokenizer: Any, messages: Sequence[Mapping[str, 
             spans.append((start, end))
         cursor = end
     return text, spans
-
-
-def render_plain(tokenizer: Any, messages: Sequence[Mapping[str, Any]]) -> Tuple[str, List[Span]]:
-    """Fallback for tokenizers WITHOUT a chat template: a simple ``"role: content\\n"`` join.
-
-    BOS (if any) starts the text and EOS (if any) closes each assistant reply; the spans cover assistant
-    content + EOS (with BPE tokenizers the first reply token may absorb the space after the colon and is then
-    labelled too). This format is made up, so prefer a base model that ships a chat template.
-    """
-    bos = getattr(tokenizer, "bos_token", None) or ""
-    eos = getattr(tokenizer, "eos_token", None) or ""
-    pieces = [bos]
-    spans: List[Span] = []
-    length = len(bos)
-    for message in _clean(messages):
-        header = f"{message['role']}: "
-        body = message["content"] + (eos if message["role"] == "assistant" else "")
-        if message["role"] == "assistant":
-            spans.append((length + len(header), length + len(header) + len(body)))
-        piece = header + body + "\n"
-        pieces.append(piece)
-        length += len(piece)
-    return "".join(pieces), spans
 
 
 def _token_mask_from_offsets(offsets: Sequence[Tuple[int, int]], spans: Sequence[Span]) -> List[bool]:

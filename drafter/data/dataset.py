@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 import shutil
@@ -16,8 +14,11 @@ import datasets
 import numpy as np
 import torch
 
+from ..engine.loading import tokenizer_fingerprint
+from ..store import cache_root, fingerprint, save_dataset_atomically, write_json
+from .builtin import CONVERTER_VERSION
 from .chat import IGNORE_INDEX, tokenize_example
-from .sources import CONVERTER_VERSION, default_cache_dir, load_conversations, resolve_source, save_dataset_atomically
+from .sources import load_conversations, source_fingerprint
 
 logger = logging.getLogger(__name__)
 
@@ -33,39 +34,15 @@ _TOKENIZED_FEATURES = datasets.Features(
 )
 
 
-def _tokenizer_fingerprint(tokenizer: Any) -> Dict[str, Any]:
-    """What identifies a tokenizer's output: name, vocabulary, special tokens and chat template."""
-    vocab = tokenizer.get_vocab() if hasattr(tokenizer, "get_vocab") else {}
-    vocab_hash = hashlib.sha256(json.dumps(sorted(vocab.items())).encode()).hexdigest()
-    template = getattr(tokenizer, "chat_template", None)
-    return {
-        "name_or_path": getattr(tokenizer, "name_or_path", type(tokenizer).__name__),
-        "vocab_size": len(tokenizer),
-        "vocab_hash": vocab_hash,
-        "special_tokens": {k: str(v) for k, v in sorted(getattr(tokenizer, "special_tokens_map", {}).items())},
-        "chat_template": hashlib.sha256(json.dumps(template, sort_keys=True).encode()).hexdigest(),
-        "class": type(tokenizer).__name__,
-    }
-
-
-def _source_fingerprint(dataset_name: str) -> Dict[str, Any]:
-    """Identify the source; local files also by size and mtime so an edited file invalidates the cache."""
-    kind, path = resolve_source(dataset_name)
-    if path is None:
-        return {"source": kind}
-    stat = path.stat()
-    return {"source": "file", "path": str(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
-
-
 def tokenized_cache_key(tokenizer: Any, dataset_name: str, params: Mapping[str, Any]) -> str:
     """Hash of everything that determines the tokenised dataset."""
     payload = {
-        "tokenizer": _tokenizer_fingerprint(tokenizer),
-        "dataset": _source_fingerprint(dataset_name),
+        "tokenizer": tokenizer_fingerprint(tokenizer),
+        "dataset": source_fingerprint(dataset_name),
         "params": dict(params),
         "versions": [TOKENIZED_FORMAT_VERSION, CONVERTER_VERSION],
     }
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:20]
+    return fingerprint(payload, length=20)
 
 
 def _num_eval(eval_examples: Union[int, float], total: int) -> int:
@@ -191,7 +168,7 @@ def build_tokenized_datasets(
         "seed": int(seed),
     }
     key = tokenized_cache_key(tokenizer, dataset_name, params)
-    root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir() / "tokenized"
+    root = Path(cache_dir).expanduser() if cache_dir is not None else cache_root() / "tokenized"
     source_label = Path(str(dataset_name)).stem.replace(os.sep, "_") or "dataset"
     cache_path = root / f"{source_label}-{key}"
     if (cache_path / "dataset_dict.json").exists():
@@ -222,8 +199,8 @@ def build_tokenized_datasets(
                 + (" (with train_on_assistant_only, rows need an assistant reply)" if train_on_assistant_only else "")
             )
         save_dataset_atomically(tokenized, cache_path)
-        with open(cache_path / "drafter_cache_info.json", "w") as f:
-            json.dump({"dataset_name": str(dataset_name), "params": params, "key": key}, f, indent=2, default=str)
+        info = {"dataset_name": str(dataset_name), "params": params, "key": key}
+        write_json(cache_path / "drafter_cache_info.json", info)
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
     logger.info(
@@ -244,7 +221,7 @@ class DataCollatorForDrafter:
     ``input_ids`` are padded with `pad_token_id`, ``attention_mask`` with 0 (built as ones when absent) and
     ``labels`` with `label_pad_token_id` (-100), all to the longest sequence in the batch (optionally rounded
     up to `pad_to_multiple_of`). Returns int64 tensors of shape ``(batch, length)``; a ``distill_targets``
-    column (per token a list of N continuation ids, see `drafter.data.distill`) becomes ``(batch, length, N)``
+    column (per token a list of N continuation ids, see `drafter.teacher.distill`) becomes ``(batch, length, N)``
     padded with -100.
     """
 

@@ -24,7 +24,8 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
-from ..generation import AutoregressiveGenerator, SpeculativeGenerator
+from ..engine.autoregressive import AutoregressiveGenerator
+from ..generation import SpeculativeGenerator
 
 BASELINE_METHODS = ("hf_generate", "autoregressive")
 
@@ -216,14 +217,3 @@ def environment() -> dict[str, Any]:
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info
-
-
-def encode_chat_prompts(tokenizer, prompts: Sequence[dict]) -> list[list[int]]:
-    """Token ids of each prompt's messages through the chat template, with the generation prompt added."""
-    encoded = []
-    for prompt in prompts:
-        ids = tokenizer.apply_chat_template(prompt["messages"], add_generation_prompt=True, tokenize=True)
-        if hasattr(ids, "keys"):  # transformers 5 returns a BatchEncoding
-            ids = ids["input_ids"]
-        encoded.append(list(ids))
-    return encoded

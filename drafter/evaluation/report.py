@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any
 
@@ -41,16 +40,6 @@ def markdown_table(summary: dict[str, Any]) -> str:
             parts = ", ".join(f"{k[:-2]} {100 * v / total:.0f}%" for k, v in split.items())
             lines.append(f"Speculative time split{label}: {parts}")
     return "\n".join(lines)
-
-
-def write_json(data: Any, path: str | os.PathLike) -> None:
-    """Write `data` as indented JSON, atomically (a killed writer leaves the old file, never half a new one)."""
-    path = os.path.abspath(path)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2, default=str)
-    os.replace(tmp, path)
 
 
 def plot_summary(summary: dict[str, Any], path: str, title: str = "") -> None:

@@ -38,11 +38,11 @@ from typing import Any, Optional
 
 import yaml
 
-from ..models.loading import EMBEDDED_BASE_MODEL
+from ..engine.loading import EMBEDDED_BASE_MODEL
+from ..models.registry import FAMILY_NAMES as FAMILIES
 
 METHODS = ("ground_truth", "knowledge_distillation", "distilled_dataset", "self_distilled")
 SCOPES = ("full", "assistant_only")
-FAMILIES = ("redrafter", "arctic_lstm")
 AXES = ("method", "scope", "family", "train_dataset", "eval_dataset")
 TRAINING_AXES = AXES[:-1]  # what a trained drafter depends on (eval_dataset does not)
 

@@ -7,7 +7,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Optional
 
-from ..evaluation.report import write_json
+from ..store import write_json
 from .grid import ExperimentGrid
 from .runner import ExperimentRunner, read_json
 
@@ -194,7 +194,7 @@ def write_report(runner: ExperimentRunner) -> tuple[dict[str, Any], dict[str, Pa
     grid: ExperimentGrid = runner.grid
     results = collect_results(runner)
     root = grid.root
-    write_json(results, root / "results.json")
+    write_json(root / "results.json", results)
     table = results_table(results)
     (root / "results.md").write_text(f"# Experiment '{grid.name}'\n\n{table}\n")
     charts = plot_results(results, root)

@@ -1,7 +1,7 @@
 """Runs an experiment grid: teacher data, one training job per cell, one speed benchmark per evaluation dataset.
 
 Everything is resumable and cached:
-- teacher answers live in the shared teacher cache (`python -m drafter.data.generate`, resumable per prompt);
+- teacher answers live in the shared teacher cache (`python -m drafter.teacher.generate`, resumable per prompt);
 - each cell trains in its own process (`python -m drafter.training`) into `<output_dir>/cells/<cell>`; a cell
   with `drafter_eval.json` is done and skipped, a killed cell resumes from its last checkpoint;
 - tokenised data, distilled targets and the converted base model come from the toolkit's caches;
@@ -12,20 +12,17 @@ Everything is resumable and cached:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import os
-import signal
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from ..evaluation.report import write_json
+from ..store import fingerprint, fingerprint_file, read_jsonl_rows, write_json, write_jsonl
 from .grid import Cell, ExperimentGrid
+from .processes import run_logged
 
 logger = logging.getLogger(__name__)
 
@@ -57,10 +54,6 @@ class Step:
         return self.status == "done"
 
 
-def _file_hash(payload: Any) -> str:
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
 # Where a cell's files go; moving a sweep's output folder does not change what its cells trained.
 LOCATION_KEYS = ("output_dir", "run_name")
 
@@ -90,7 +83,7 @@ class ExperimentRunner:
     # ------------------------------------------------------------------------------------------- data
 
     def teacher_folder(self, dataset: str) -> Path:
-        from ..data.generate import TeacherGenerationConfig, teacher_cache_dir
+        from ..teacher.config import TeacherGenerationConfig, teacher_cache_dir
 
         t = self.grid.teacher
         config = TeacherGenerationConfig(max_tokens=int(t["max_tokens"]), temperature=float(t["temperature"]))
@@ -113,13 +106,11 @@ class ExperimentRunner:
         return set(self.held_out_conversations(dataset)["id"])
 
     def make_teacher_data(self, dataset: str) -> None:
-        from ..data.generate import read_jsonl_rows
-
         folder = self.teacher_folder(dataset)
         t = self.grid.teacher
         if not (folder / "data.jsonl").exists():
             self._subprocess(
-                ["-m", "drafter.data.generate", "--dataset_name", dataset, "--max_examples", str(t["max_examples"]),
+                ["-m", "drafter.teacher.generate", "--dataset_name", dataset, "--max_examples", str(t["max_examples"]),
                  "--data_seed", str(t["data_seed"]), "--max_tokens", str(t["max_tokens"]),
                  "--gen_temp", str(t["temperature"]), "--batch_size", str(t["batch_size"]),
                  "--llm_name_or_path", self.grid.base_model, "--output_dir", str(folder)],
@@ -129,10 +120,7 @@ class ExperimentRunner:
         rows = read_jsonl_rows(folder / "data.jsonl")
         kept = [row for row in rows if row["id"] not in held_out]
         target = self.teacher_train_file(dataset)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_suffix(".tmp")
-        tmp.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in kept))
-        os.replace(tmp, target)
+        write_jsonl(target, kept)
         self._say(f"Teacher data for {dataset}: {len(kept)} answers ({len(rows) - len(kept)} held-out prompts "
                   f"dropped) -> {target}")
 
@@ -158,14 +146,14 @@ class ExperimentRunner:
         folder = self.grid.cell_dir(cell)
         folder.mkdir(parents=True, exist_ok=True)
         arguments = self.cell_arguments(cell)
-        write_json({**cell.describe(), "train_arguments": arguments}, folder / "cell.json")
+        write_json(folder / "cell.json", {**cell.describe(), "train_arguments": arguments})
         recipe = dict(arguments)
         checkpoint = get_last_checkpoint(str(folder))
         if checkpoint:
             recipe["resume_from_checkpoint"] = checkpoint
             self._say(f"  resuming {cell.name} from {checkpoint}")
         recipe_path = folder / "train_recipe.json"
-        write_json(recipe, recipe_path)
+        write_json(recipe_path, recipe)
         self._subprocess(["-m", "drafter.training", str(recipe_path)], log=folder / "train.log",
                          env={"TENSORBOARD_LOGGING_DIR": str(self.grid.tensorboard_dir(cell))})
 
@@ -183,7 +171,7 @@ class ExperimentRunner:
             output_dir=str(folder / "reference_eval"), report_to=["none"],
         )
         recipe_path = folder / "reference_eval_recipe.json"
-        write_json(arguments, recipe_path)
+        write_json(recipe_path, arguments)
         self._subprocess(["-m", "drafter.training", str(recipe_path)], log=folder / "reference_eval.log")
 
     # -------------------------------------------------------------------------------------- evaluation
@@ -192,24 +180,18 @@ class ExperimentRunner:
         label = Path(str(eval_dataset).rstrip("/\\")).stem or "eval"
         same_stem = [d for d in self.grid.eval_datasets if (Path(str(d).rstrip("/\\")).stem or "eval") == label]
         if len(same_stem) > 1:  # e.g. a/data.jsonl and b/data.jsonl
-            label += "-" + _file_hash(eval_dataset)[:8]
+            label += "-" + fingerprint(eval_dataset)[:8]
         return self.grid.root / "benchmarks" / f"{label}.json"
 
     def drafter_fingerprint(self, cell: Cell) -> Optional[str]:
         """Hash of the trained drafter's weights: a retrained cell invalidates the benchmarks it was in."""
         weights = self.grid.cell_dir(cell) / "model.safetensors"
-        if not weights.exists():
-            return None
-        digest = hashlib.sha256()
-        with open(weights, "rb") as f:
-            for block in iter(lambda: f.read(1 << 22), b""):
-                digest.update(block)
-        return digest.hexdigest()[:16]
+        return fingerprint_file(weights) if weights.exists() else None
 
     def benchmark_key(self, eval_dataset: str) -> str:
         cells = {cell.name: [_comparable(self.cell_arguments(cell)), self.drafter_fingerprint(cell)]
                  for cell in self.cells}
-        return _file_hash({"eval_dataset": eval_dataset, "evaluation": self.grid.evaluation, "cells": cells,
+        return fingerprint({"eval_dataset": eval_dataset, "evaluation": self.grid.evaluation, "cells": cells,
                            "split": self.grid.reference_split()})
 
     def benchmark_state(self, eval_dataset: str) -> str:
@@ -232,22 +214,23 @@ class ExperimentRunner:
     def run_benchmark(self, eval_dataset: str) -> None:
         import torch
 
-        from ..evaluation.benchmark import BenchmarkConfig, SpeedBenchmark, encode_chat_prompts, environment
-        from ..generation import SpeculativeGenerator
-        from ..models import AutoDrafter
-        from ..models.loading import load_base_model, load_tokenizer
+        from ..engine.loading import load_base_model, load_tokenizer
+        from ..evaluation.benchmark import BenchmarkConfig, environment
+        from ..evaluation.compare import TreeShape, compare_drafters
+        from ..models import AutoDrafter, get_family
 
         settings = self.grid.evaluation
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         base = load_base_model(self.grid.base_model, dtype="float32", device=device)
         tokenizer = load_tokenizer(self.grid.base_model)
-        speculators = {}
+        drafters, shapes = {}, {}
         for cell in self.cells:
             drafter = AutoDrafter.from_pretrained(str(self.grid.cell_dir(cell))).to(device=device, dtype=base.dtype)
-            top_k = settings["top_k_tokens_per_head"] if cell.family == "arctic_lstm" else None
-            speculators[cell.name] = SpeculativeGenerator(
-                base, drafter.eval(), beam_width=settings["beam_width"], beam_length=settings["beam_length"],
-                top_k_tokens_per_head=top_k,
+            drafters[cell.name] = drafter.eval()
+            topk = get_family(cell.family).draft_tree == "topk"
+            shapes[cell.name] = TreeShape(
+                beam_width=settings["beam_width"], beam_length=settings["beam_length"],
+                top_k_tokens_per_head=settings["top_k_tokens_per_head"] if topk else None,
             )
         config = BenchmarkConfig(
             max_new_tokens=settings["max_new_tokens"], repeats=settings["repeats"], warmup=settings["warmup"],
@@ -255,11 +238,9 @@ class ExperimentRunner:
         )
         prompts = self.eval_prompts(eval_dataset)
         self._say(f"Benchmark on {len(prompts)} '{eval_dataset}' prompts: {' | '.join(config.baselines)} and "
-                  f"{len(speculators)} drafters, interleaved per prompt")
-        benchmark = SpeedBenchmark(base, speculators, tokenizer.eos_token_id, tokenizer.pad_token_id, config)
+                  f"{len(drafters)} drafters, interleaved per prompt")
         started = time.perf_counter()
-        benchmark.run(encode_chat_prompts(tokenizer, prompts), progress=self.echo)
-        summary = benchmark.summary()
+        summary = compare_drafters(base, tokenizer, drafters, shapes, prompts, config, progress=self.echo)
         summary.update(
             key=self.benchmark_key(eval_dataset),
             eval_dataset=eval_dataset,
@@ -268,7 +249,7 @@ class ExperimentRunner:
             settings=dict(settings),
             environment=environment(),
         )
-        write_json(summary, self.benchmark_path(eval_dataset))
+        write_json(self.benchmark_path(eval_dataset), summary)
 
     # ---------------------------------------------------------------------------------------- planning
 
@@ -358,7 +339,7 @@ class ExperimentRunner:
             return steps
         self.check_can_run(steps)
         self.grid.root.mkdir(parents=True, exist_ok=True)
-        write_json(self.grid.to_dict(), self.grid.root / "grid.json")
+        write_json(self.grid.root / "grid.json", self.grid.to_dict())
         todo = [s for s in steps if not s.done]
         for number, step in enumerate(todo, 1):
             self._say(f"\n[{number}/{len(todo)}] {step.kind}: {step.label} (estimate {step.estimate_s / 60:.1f} min)")
@@ -369,48 +350,13 @@ class ExperimentRunner:
         return steps
 
     def _subprocess(self, arguments: list[str], log: Path, env: Optional[dict[str, str]] = None) -> None:
-        """Run `python ARGS`, echoing its output and appending it to `log`; raise with the log's tail on failure."""
-        log.parent.mkdir(parents=True, exist_ok=True)
-        command = [self.python, *arguments]
-        with open(log, "a") as sink:
-            sink.write(f"\n$ {' '.join(command)}\n")
-            sink.flush()
-            process = subprocess.Popen(
-                command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
-                preexec_fn=_die_with_parent,
-            )
-            assert process.stdout is not None
-            try:
-                for chunk in iter(lambda: process.stdout.read1(4096), b""):
-                    text = chunk.decode(errors="replace")
-                    sink.write(text)
-                    sink.flush()
-                    if self.echo:
-                        sys.stdout.write(text)
-                        sys.stdout.flush()
-                code = process.wait()
-            finally:  # Ctrl-C / an error here: never leave a trainer running that a resumed sweep would race
-                if process.poll() is None:
-                    process.terminate()
-                    process.wait()
-        if code != 0:
-            tail = "".join(log.read_text().splitlines(keepends=True)[-20:])
-            raise RuntimeError(f"`{' '.join(command)}` failed with exit code {code}; log {log}:\n{tail}")
+        run_logged([self.python, *arguments], log, env, echo=self.echo)
 
     def _say(self, text: str) -> None:
         if self.echo:
             print(text, flush=True)
         else:
             logger.info(text)
-
-
-def _die_with_parent() -> None:
-    """In the child, before exec: on Linux, get SIGTERM when the sweep process dies (even by SIGKILL)."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        PR_SET_PDEATHSIG = 1
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def format_plan(grid: ExperimentGrid, steps: list[Step]) -> str:

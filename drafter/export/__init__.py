@@ -11,7 +11,7 @@ Formats (names and config fields are documented in the format modules):
 * ``mlp_speculator`` (`drafter.export.mlp_speculator`): vLLM's / fms-extras' ``MLPSpeculatorPreTrainedModel``
   (sum_rnn speculators), served with ``--speculative-config '{"method": "mlp_speculator", ...}'``.
 
-`load_exported(path)` (= `ArcticLSTMSpeculator.from_exported`) reads either format back, also ArcticTraining's own
+`load_exported(path)` reads either format back, also ArcticTraining's own
 ``pytorch_model.bin`` checkpoints, and reproduces the exported speculator's logits exactly (same dtype).
 Speculators with a reduced draft vocabulary and ReDrafter drafters cannot be exported (`ExportError`).
 """

@@ -31,8 +31,9 @@ from typing import Dict, List, Optional
 import torch
 import transformers
 
+from ..engine.dtypes import dtype_name
 from ..models.arctic_lstm import ArcticLSTMSpeculator, ArcticLSTMSpeculatorConfig
-from .common import ExportError, check_speculator, dtype_name, parse_dim, pick
+from .common import ExportError, check_speculator, parse_dim, pick
 
 ARCHITECTURE = "ArcticLSTMSpeculatorPreTrainedModel"
 # Read-only aliases: ArcticInference registers the same class under this name too.

@@ -12,6 +12,7 @@ from typing import Dict, List, Optional, Sequence, Union
 
 import torch
 
+from ..engine.dtypes import torch_dtype
 from ..models.arctic_lstm import ArcticLSTMSpeculator
 
 logger = logging.getLogger(__name__)
@@ -20,7 +21,6 @@ WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 # Checkpoints written by ArcticTraining / fms-extras use torch.save.
 LEGACY_WEIGHTS_FILE = "pytorch_model.bin"
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 class ExportError(ValueError):
@@ -40,20 +40,13 @@ class ExportResult:
 
 
 def resolve_dtype(dtype: Union[str, torch.dtype, None], drafter: torch.nn.Module) -> torch.dtype:
-    """'auto' / None: the drafter's own parameter dtype."""
+    """'auto' / None: the drafter's own parameter dtype; else a name of the engine's dtype table."""
     if dtype is None or dtype == "auto":
         return next(drafter.parameters()).dtype
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    aliases = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
     try:
-        return _DTYPES[aliases.get(dtype, dtype)]
-    except KeyError:
-        raise ExportError(f"Unknown dtype '{dtype}': use auto, float32, bfloat16 or float16") from None
-
-
-def dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).replace("torch.", "")
+        return torch_dtype(dtype)
+    except ValueError as error:
+        raise ExportError(str(error)) from None
 
 
 def check_speculator(drafter, format_name: str) -> ArcticLSTMSpeculator:
@@ -136,7 +129,7 @@ def base_model_architectures(base_model_name_or_path: Optional[str]) -> Optional
     try:
         from transformers import AutoConfig
 
-        from ..models.loading import resolve_model_path
+        from ..engine.loading import resolve_model_path
 
         path, kwargs = resolve_model_path(base_model_name_or_path)
         # Local files only (a folder, a cached hub download, the embedded model): no network round trips.
@@ -153,10 +146,10 @@ def serving_base(base_model_name_or_path: Optional[str], override: Optional[str]
         return override
     if not base_model_name_or_path:
         return "BASE_MODEL"
-    from ..models.loading import EMBEDDED_BASE_MODEL
+    from ..engine.loading import EMBEDDED_BASE_MODEL
 
     if base_model_name_or_path == EMBEDDED_BASE_MODEL:
-        from ..models.loading import embedded_model_dir
+        from ..engine.loading import embedded_model_dir
 
         return str(embedded_model_dir())
     return base_model_name_or_path

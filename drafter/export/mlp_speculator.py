@@ -22,8 +22,9 @@ from typing import Dict, List, Optional
 import torch
 import transformers
 
+from ..engine.dtypes import dtype_name
 from ..models.arctic_lstm import ArcticLSTMSpeculator, ArcticLSTMSpeculatorConfig
-from .common import ExportError, check_speculator, dtype_name, pick
+from .common import ExportError, check_speculator, pick
 
 ARCHITECTURE = "MLPSpeculatorPreTrainedModel"
 # ArcticInference's copy of vLLM's MLPSpeculator uses the same names and config.

@@ -22,6 +22,8 @@ from typing import Any, Callable, Optional, Sequence
 
 import torch
 
+from ..models.state import map_state
+
 
 @dataclass
 class BeamSearchOutput:
@@ -36,17 +38,6 @@ class BeamSearchOutput:
     beams: torch.Tensor
     token_log_probs: torch.Tensor
     beam_log_probs: torch.Tensor
-
-
-def map_state(state: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
-    """Apply `fn` to every tensor of a drafter state (a tensor, or a tuple/list/dict of them)."""
-    if isinstance(state, torch.Tensor):
-        return fn(state)
-    if isinstance(state, (tuple, list)):
-        return type(state)(map_state(s, fn) for s in state)
-    if isinstance(state, dict):
-        return {k: map_state(v, fn) for k, v in state.items()}
-    raise TypeError(f"Unsupported drafter state type {type(state).__name__}")
 
 
 def token_inputs(

@@ -21,7 +21,7 @@ from typing import Optional
 
 import torch
 
-from .sampling import sample_from
+from ..engine.sampling import sample_from
 from .tree import TokenTree
 
 

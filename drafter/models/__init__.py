@@ -1,17 +1,24 @@
+"""Drafter heads only: the shared base class and protocol, the ReDrafter and Arctic LSTM families, the family
+registry and `AutoDrafter`. Imports nothing above `drafter.engine` / `drafter.store`."""
+
 from .arctic_lstm import ArcticLSTMSpeculator, ArcticLSTMSpeculatorConfig
-from .auto import DRAFTER_FAMILIES, AutoDrafter, register_drafter_family
+from .auto import AutoDrafter
 from .base_drafter import DrafterConfig, DrafterMismatchError, DrafterPreTrainedModel
 from .redrafter import RecurrentDraftingConfig, RecurrentDraftingModel
+from .registry import FAMILIES, FAMILY_NAMES, DrafterFamily, get_family, register_drafter_family
 
 __all__ = [
+    "FAMILIES",
+    "FAMILY_NAMES",
     "ArcticLSTMSpeculator",
     "ArcticLSTMSpeculatorConfig",
     "AutoDrafter",
-    "DRAFTER_FAMILIES",
     "DrafterConfig",
+    "DrafterFamily",
     "DrafterMismatchError",
     "DrafterPreTrainedModel",
     "RecurrentDraftingConfig",
     "RecurrentDraftingModel",
+    "get_family",
     "register_drafter_family",
 ]

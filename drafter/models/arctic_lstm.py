@@ -3,7 +3,7 @@
 arXiv:2404.19124).
 
 Unlike ReDrafter, the speculator has its OWN token embeddings, so it reads token ids
-(`consumes_token_ids = True`; see `drafter.training.losses.iter_teacher_forced_states`).
+(`consumes_token_ids = True`; see `drafter.models.state.iter_teacher_forced_states`).
 
 Head i (0-based, = drafting step i) starts from the state s_i (s_0 = the base model's last hidden state h_t,
 optionally scaled) and the id x of the latest token (x_{t+1+i}) and predicts token t+i+2:
@@ -241,10 +241,3 @@ class ArcticLSTMSpeculator(DrafterPreTrainedModel):
         """Head `step`'s logits over the draft vocabulary (the context is already folded into the state)."""
         hidden = state[0] if self.is_lstm else state
         return self.head[self._shared_index(step)](hidden)
-
-    @classmethod
-    def from_exported(cls, path: str, **kwargs) -> "ArcticLSTMSpeculator":
-        """Load a speculator written by `python -m drafter.export` (or an ArcticTraining / fms-extras checkpoint)."""
-        from ..export import load_exported
-
-        return load_exported(path, **kwargs)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Callable, Optional
 
 import torch
 from transformers import PretrainedConfig, PreTrainedModel
+
+from ..engine.base_lm import BaseLM
+from .state import iter_teacher_forced_states
 
 
 class DrafterConfig(PretrainedConfig):
@@ -72,6 +75,27 @@ class DrafterPreTrainedModel(PreTrainedModel):
             torch.nn.init.ones_(module.weight)
             torch.nn.init.zeros_(module.bias)
 
+    # ----------------------------------------------------------------- the drafter protocol
+    # Every family implements these; beam search, the tree drafter and the losses use nothing else. `step` is
+    # the 0-based drafting step; shapes are (..., dim) with any leading dimensions.
+    @property
+    def num_draft_steps(self) -> int:
+        """Tokens the drafter proposes per verification step at most (the steps it was trained for)."""
+        raise NotImplementedError
+
+    def initial_state(self, context: torch.Tensor) -> Any:
+        """Drafter state before the first drafted token, from the base model's last hidden state (..., H)."""
+        raise NotImplementedError
+
+    def advance_state(self, state: Any, token_inputs: torch.Tensor, step: int) -> Any:
+        """Fold the latest token into the state: its base input embedding (..., H), or its base id (...) when
+        `consumes_token_ids`."""
+        raise NotImplementedError
+
+    def compute_logits(self, context: torch.Tensor, state: Any, step: int) -> torch.Tensor:
+        """Next-token logits (..., output_vocab_size) over the draft vocabulary."""
+        raise NotImplementedError
+
     # ----------------------------------------------------------------- teacher-forced forward
     def forward(
         self,
@@ -80,6 +104,7 @@ class DrafterPreTrainedModel(PreTrainedModel):
         labels: Optional[torch.Tensor] = None,
         num_steps: Optional[int] = None,
         input_ids: Optional[torch.Tensor] = None,
+        loss_fn: Optional[Callable[..., Any]] = None,
         **loss_kwargs,
     ):
         """Teacher-forced drafting at every position of a sequence (training and evaluation).
@@ -89,20 +114,19 @@ class DrafterPreTrainedModel(PreTrainedModel):
             input_embeds: (batch, seq, hidden) base input embeddings of the same sequence's tokens.
             input_ids: (batch, seq) the sequence's token ids; required by drafters that embed tokens themselves
                 (`consumes_token_ids = True`), ignored by the others.
-            labels: (batch, seq) targets (-100 = no loss). When given, returns a `DrafterLossOutput`
-                (extra keyword arguments go to `drafter.training.losses.drafter_loss`); the loss is
-                computed inside forward so that distributed wrappers (DDP/FSDP) see the computation.
+            labels, loss_fn: with labels, returns ``loss_fn(self, hidden_states, input_embeds, labels, num_steps,
+                input_ids=input_ids, **loss_kwargs)`` (the training objective, `drafter.training.losses.drafter_loss`,
+                is passed in by the trainer). The loss is computed inside forward so that distributed wrappers
+                (DDP/FSDP) see the computation.
         Returns:
             without labels: (num_steps, batch, seq, output_vocab_size), entry [k, b, t] predicting token
             t + k + 2; positions whose inputs run past the sequence end see zero embeddings.
         """
-        from ..training.losses import drafter_loss, iter_teacher_forced_states
-
         num_steps = num_steps or self.num_draft_steps
         if labels is not None:
-            return drafter_loss(
-                self, hidden_states, input_embeds, labels, num_steps, input_ids=input_ids, **loss_kwargs
-            )
+            if loss_fn is None:
+                raise ValueError("forward(labels=...) needs the training objective as loss_fn")
+            return loss_fn(self, hidden_states, input_embeds, labels, num_steps, input_ids=input_ids, **loss_kwargs)
         return torch.stack(
             [
                 self.compute_logits(hidden_states, state, step)
@@ -145,8 +169,8 @@ class DrafterPreTrainedModel(PreTrainedModel):
     # ----------------------------------------------------------------- base compatibility
     def check_base_model(self, base_model: PreTrainedModel) -> None:
         """Fail with a clear message when `base_model` is not the kind of model this drafter was built for."""
-        base_hidden = base_model.config.get_text_config().hidden_size
-        base_vocab = base_model.get_input_embeddings().num_embeddings
+        lm = BaseLM(base_model)
+        base_hidden, base_vocab = lm.hidden_size, lm.vocab_size
         problems = []
         if base_hidden != self.config.hidden_size:
             problems.append(f"hidden size {base_hidden} != drafter's {self.config.hidden_size}")

@@ -7,7 +7,9 @@ from typing import Optional
 
 from transformers import TrainingArguments
 
-from ..models.loading import EMBEDDED_BASE_MODEL
+from ..engine.dtypes import canonical_dtype_name
+from ..engine.loading import EMBEDDED_BASE_MODEL
+from ..models.registry import FAMILY_NAMES
 
 
 @dataclass
@@ -21,7 +23,7 @@ class ModelArguments:
         default=None, metadata={"help": "A saved drafter: initial weights for training, or the one to evaluate."}
     )
     drafter_type: str = field(
-        default="redrafter", metadata={"help": "Drafter family.", "choices": ["redrafter", "arctic_lstm"]}
+        default="redrafter", metadata={"help": "Drafter family (the registered ones).", "choices": FAMILY_NAMES}
     )
     drafter_num_layers: int = field(default=2, metadata={"help": "Residual blocks in the ReDrafter head."})
     exit_dim_multiplier: float = field(
@@ -137,7 +139,6 @@ _TRAINING_ALIASES = {
     "train_iters": "max_steps",
     "epochs": "num_train_epochs",
 }
-_DTYPE_ALIASES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32", "float": "float32", "half": "float16"}
 
 
 def is_nested_recipe(recipe: dict) -> bool:
@@ -167,7 +168,7 @@ def flatten_recipe(recipe: dict) -> dict:
             continue
         key = _MODEL_ALIASES.get(key, key)
         if key == "base_dtype" and isinstance(value, str):
-            value = _DTYPE_ALIASES.get(value, value)
+            value = canonical_dtype_name(value)
         put(key, value, "model")
     if model:
         flat.setdefault("drafter_type", "arctic_lstm")
@@ -180,14 +181,27 @@ def flatten_recipe(recipe: dict) -> dict:
         if len(names) != 1 or not names[0]:
             raise ValueError(
                 f"data.sources must name exactly one dataset (got {names}); merge several into one folder or file "
-                "first (e.g. one `python -m drafter.data.generate` output folder)"
+                "first (e.g. one `python -m drafter.teacher.generate` output folder)"
             )
         put("dataset_name", str(names[0]), "data.sources")
     for key, value in data.items():
         if key not in _DATA_IGNORED:
             put(_DATA_ALIASES.get(key, key), value, "data")
 
-    checkpoint = recipe.pop("checkpoint", None)
+    _put_checkpoint(recipe.pop("checkpoint", None), put)
+    _put_optimization(recipe.pop("optimizer", None), recipe.pop("scheduler", None), put)
+
+    training = dict(recipe.pop("training", None) or {})
+    for source, section in (("training", training), ("top level", recipe)):
+        for key, value in section.items():
+            if source == "top level" and key in RECIPE_IGNORED_KEYS:
+                continue
+            put(_TRAINING_ALIASES.get(key, key), value, source)
+    return _coerce_recipe_types(flat)
+
+
+def _put_checkpoint(checkpoint, put) -> None:
+    """checkpoint: {output_dir, save_every_n_steps} or a list of such entries (the first non-deepspeed one wins)."""
     if checkpoint is not None:
         entries = checkpoint if isinstance(checkpoint, list) else [checkpoint]
         with_dir = [e for e in entries if isinstance(e, dict) and e.get("output_dir")]
@@ -199,7 +213,10 @@ def flatten_recipe(recipe: dict) -> dict:
             put("save_strategy", "steps", "checkpoint.save_every_n_steps")
             put("save_steps", int(every[0]), "checkpoint.save_every_n_steps")
 
-    optimizer = dict(recipe.pop("optimizer", None) or {})
+
+def _put_optimization(optimizer, scheduler, put) -> None:
+    """optimizer: {lr, weight_decay, betas, ...}; scheduler: {name | type, warmup_ratio, ...}."""
+    optimizer = dict(optimizer or {})
     optimizer.pop("type", None)
     optimizer.pop("name", None)
     if "lr" in optimizer:
@@ -211,7 +228,7 @@ def flatten_recipe(recipe: dict) -> dict:
     for key, value in optimizer.items():
         put(key, value, "optimizer")
 
-    scheduler = dict(recipe.pop("scheduler", None) or {})
+    scheduler = dict(scheduler or {})
     for name_key in ("name", "type"):
         if name_key in scheduler:
             put("lr_scheduler_type", scheduler.pop(name_key), f"scheduler.{name_key}")
@@ -219,14 +236,6 @@ def flatten_recipe(recipe: dict) -> dict:
         put("warmup_steps", float(scheduler.pop("warmup_ratio")), "scheduler.warmup_ratio")
     for key, value in scheduler.items():
         put(key, value, "scheduler")
-
-    training = dict(recipe.pop("training", None) or {})
-    for source, section in (("training", training), ("top level", recipe)):
-        for key, value in section.items():
-            if source == "top level" and key in RECIPE_IGNORED_KEYS:
-                continue
-            put(_TRAINING_ALIASES.get(key, key), value, source)
-    return _coerce_recipe_types(flat)
 
 
 def _coerce_recipe_types(flat: dict) -> dict:

@@ -3,53 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, List, Optional, Tuple
+from typing import Callable, List, Optional, Tuple
 
 import torch
 
-from ..generation.drafting import map_state
-
-
-def shift_left(x: torch.Tensor, shift: int) -> torch.Tensor:
-    """x[:, t] <- x[:, t + shift] along dim 1, zero-filled past the end. x: (batch, seq, ...)."""
-    if shift == 0:
-        return x
-    out = torch.zeros_like(x)
-    out[:, :-shift] = x[:, shift:]
-    return out
-
-
-def iter_teacher_forced_states(
-    drafter,
-    hidden_states: torch.Tensor,
-    input_embeds: Optional[torch.Tensor],
-    num_steps: int,
-    input_ids: Optional[torch.Tensor] = None,
-    continuation: Optional[Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]] = None,
-) -> Iterator[Tuple[int, Any]]:
-    """Drafter states at every position for steps 0..num_steps-1 with the true tokens fed in.
-
-    Step k's state at position t has consumed tokens t+1..t+k+1 and predicts token t+k+2.
-    hidden_states, input_embeds: (batch, seq, hidden); input_ids: (batch, seq), fed instead of the embeddings to
-    drafters with `consumes_token_ids = True` (which own their token embeddings).
-    continuation: (ids (batch, seq, N), embeds (batch, seq, N, hidden)) of a per-position continuation (the
-    distilled dataset); when given, step k feeds continuation token k instead of the sequence's token t+k+1.
-    Yields (step, state): (batch, seq, state_dim), or a tuple/dict of such tensors.
-    """
-    reads_ids = getattr(drafter, "consumes_token_ids", False)
-    if continuation is not None:
-        stream = continuation[0] if reads_ids else continuation[1]
-        step_tokens = lambda step: stream[:, :, step]  # noqa: E731
-    else:
-        stream = input_ids if reads_ids else input_embeds
-        step_tokens = lambda step: shift_left(stream, step + 1)  # noqa: E731
-    if stream is None:
-        wanted = "input_ids" if reads_ids else "input_embeds"
-        raise ValueError(f"{type(drafter).__name__} reads {wanted}: pass {wanted} to its forward / drafter_loss")
-    state = drafter.initial_state(hidden_states)
-    for step in range(num_steps):
-        state = drafter.advance_state(state, step_tokens(step), step)
-        yield step, state
+from ..models.state import iter_teacher_forced_states, map_state, shift_left
 
 
 def shifted_labels(labels: torch.Tensor, shift: int, ignore_index: int = -100) -> torch.Tensor:
@@ -118,7 +76,7 @@ def drafter_loss(
         top_k: also count top-1..top_k correct predictions (for metrics; no gradient).
         input_ids: (batch, seq) the tokens of the sequence; needed by drafters that read token ids.
         distill_targets: (batch, seq, N) the paper's distilled dataset: at position t, the base model's own
-            N-token continuation of the sequence up to t (`drafter.data.distill`), `ignore_index` where
+            N-token continuation of the sequence up to t (`drafter.teacher.distill`), `ignore_index` where
             absent. When given, step k feeds continuation tokens 0..k and targets continuation token k + 1
             instead of the sequence's tokens; `labels` is then unused. Trains min(num_steps, N - 1) steps.
         distill_embeds: (batch, seq, N, hidden) base input embeddings of distill_targets (for drafters that
@@ -133,12 +91,7 @@ def drafter_loss(
     weights = step_weights(num_steps, loss_decay)
     total = hidden_states.new_zeros((), dtype=torch.float32)
     if kd_alpha > 0:
-        # Every step's teacher is the base distribution at some position p whose next token is a target;
-        # compute each such row once (the output layer is the expensive part) and index it per step.
-        needed = shifted_labels(labels, 1, ignore_index) != ignore_index  # (batch, seq)
-        teacher_rows = torch.zeros_like(labels)
-        teacher_rows[needed] = torch.arange(int(needed.sum()), device=labels.device)
-        teacher_logits_all = teacher_head(hidden_states[needed])  # (rows, vocab)
+        teacher_rows, teacher_logits_all = _teacher_logits(teacher_head, hidden_states, labels, ignore_index)
     step_losses, step_counts = [], []
     continuation = (distill_targets.clamp(min=0), distill_embeds) if distill_targets is not None else None
     states = iter_teacher_forced_states(drafter, hidden_states, input_embeds, num_steps, input_ids, continuation)
@@ -168,6 +121,16 @@ def drafter_loss(
         if top_k:
             step_counts.append(_topk_counts(logits.detach(), targets, in_vocab, top_k))
     return DrafterLossOutput(loss=total, step_losses=step_losses, step_counts=step_counts)
+
+
+def _teacher_logits(teacher_head, hidden_states, labels, ignore_index):
+    """Every step's teacher is the base distribution at some position p whose next token is a target: compute
+    each such row once (the output layer is the expensive part). Returns (row index of each position (batch,
+    seq), logits (rows, vocab))."""
+    needed = shifted_labels(labels, 1, ignore_index) != ignore_index  # (batch, seq)
+    teacher_rows = torch.zeros_like(labels)
+    teacher_rows[needed] = torch.arange(int(needed.sum()), device=labels.device)
+    return teacher_rows, teacher_head(hidden_states[needed])
 
 
 def _topk_counts(logits: torch.Tensor, targets: torch.Tensor, in_vocab: torch.Tensor, top_k: int):

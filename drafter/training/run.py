@@ -11,14 +11,10 @@ from transformers import PreTrainedModel
 from transformers.trainer_utils import get_last_checkpoint
 
 from ..data import DataCollatorForDrafter, build_tokenized_datasets
-from ..models import (
-    ArcticLSTMSpeculatorConfig,
-    AutoDrafter,
-    DrafterConfig,
-    DrafterPreTrainedModel,
-    RecurrentDraftingConfig,
-)
-from ..models.loading import load_base_model, load_tokenizer
+from ..engine.base_lm import BaseLM
+from ..engine.loading import load_base_model, load_tokenizer
+from ..models import AutoDrafter, DrafterConfig, DrafterPreTrainedModel, get_family
+from ..store import cache_root, fingerprint, save_dataset_atomically
 from .arguments import DataArguments, DrafterTrainingArguments, ModelArguments
 from .clock import TrainingClock
 from .draft_vocab import count_target_tokens, select_draft_vocabulary
@@ -50,52 +46,28 @@ def build_drafter(model_args: ModelArguments, base: PreTrainedModel) -> DrafterP
 
 def drafter_config(model_args: ModelArguments, base: PreTrainedModel) -> DrafterConfig:
     """The config of a fresh drafter of family `model_args.drafter_type`, sized for `base`."""
-    common = dict(
-        hidden_size=base.config.get_text_config().hidden_size,
-        vocab_size=base.get_input_embeddings().num_embeddings,
+    lm = BaseLM(base)
+    return get_family(model_args.drafter_type).build_config(
+        model_args,
+        hidden_size=lm.hidden_size,
+        vocab_size=lm.vocab_size,
         base_model_name_or_path=model_args.llm_name_or_path,
         draft_vocab_size=model_args.draft_vocab_size,
-    )
-    if model_args.drafter_type == "arctic_lstm":
-        return ArcticLSTMSpeculatorConfig(
-            n_speculator_heads=model_args.n_speculator_heads,
-            speculator_width=model_args.speculator_width,
-            proj_dim=model_args.proj_dim,
-            emb_dim=model_args.emb_dim,
-            method=model_args.method,
-            tie_weights=model_args.tie_weights,
-            scale_input=model_args.scale_input,
-            tie_lstm_embs=model_args.tie_lstm_embs,
-            **common,
-        )
-    if model_args.drafter_type != "redrafter":
-        raise ValueError(f"Unknown drafter_type '{model_args.drafter_type}': use redrafter or arctic_lstm")
-    return RecurrentDraftingConfig(
-        drafter_num_layers=model_args.drafter_num_layers,
-        exit_dim_multiplier=model_args.exit_dim_multiplier,
-        rnn=model_args.rnn,
-        drafter_predict_n_tokens=model_args.drafter_predict_n_tokens,
-        **common,
     )
 
 
 def distilled_train_split(base, model_args: ModelArguments, data_args: DataArguments, train, seed: int):
     """The training split with the base model's continuations at every labelled position, cached on disk
     (keyed by base model, tokenized data and distillation parameters) so sweeps compute it once."""
-    import hashlib
-
     from datasets import load_from_disk
 
-    from ..data.distill import add_distill_targets
-    from ..data.sources import save_dataset_atomically
-    from ..models.loading import cache_root
+    from ..teacher.distill import add_distill_targets
 
     if data_args.distill_max_examples is not None:
         train = train.select(range(min(data_args.distill_max_examples, len(train))))
     params = [model_args.llm_name_or_path, train._fingerprint, data_args.distill_num_future_tokens,
               data_args.distill_temperature, seed]
-    key = hashlib.sha256(repr(params).encode()).hexdigest()[:20]
-    path = cache_root() / "distilled" / key
+    path = cache_root() / "distilled" / fingerprint(params, length=20)
     if path.is_dir():
         logger.info("Distilled dataset from cache %s", path)
         return load_from_disk(str(path))

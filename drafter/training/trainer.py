@@ -12,7 +12,8 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, Trainer
 
-from .losses import DrafterLossOutput
+from ..engine.base_lm import BaseLM
+from .losses import DrafterLossOutput, drafter_loss
 from .metrics import DraftAccuracy
 
 
@@ -20,6 +21,7 @@ class DrafterTrainer(Trainer):
     def __init__(self, *args, base_model: PreTrainedModel, **kwargs):
         super().__init__(*args, **kwargs)
         self.base_model = base_model.to(self.args.device).eval().requires_grad_(False)
+        self.base = BaseLM(self.base_model)
         self._step_loss_sums: Optional[torch.Tensor] = None
         self._step_loss_batches = 0
         self.last_accuracy: Optional[DraftAccuracy] = None
@@ -34,18 +36,20 @@ class DrafterTrainer(Trainer):
         """Base model forward (no grad) -> drafter loss through `model`'s own forward (wrapper-safe)."""
         input_ids, attention_mask = inputs["input_ids"], inputs.get("attention_mask")
         distill_targets = inputs.get("distill_targets")  # (batch, seq, N) with the distilled dataset
-        embed = self.base_model.get_input_embeddings()
         dtype = self.drafter.dtype
         with torch.no_grad():
-            hidden_states = self.base_model.base_model(input_ids=input_ids, attention_mask=attention_mask)[0]
-            input_embeds = embed(input_ids)
-            distill_embeds = embed(distill_targets.clamp(min=0)).to(dtype) if distill_targets is not None else None
+            hidden_states = self.base.hidden_states(input_ids, attention_mask)
+            input_embeds = self.base.embed(input_ids)
+            distill_embeds = None
+            if distill_targets is not None:
+                distill_embeds = self.base.embed(distill_targets.clamp(min=0)).to(dtype)
         args = self.args
         return model(
             hidden_states=hidden_states.to(dtype),
             input_embeds=input_embeds.to(dtype),
             labels=inputs["labels"],
             input_ids=input_ids,
+            loss_fn=drafter_loss,
             distill_targets=distill_targets,
             distill_embeds=distill_embeds,
             loss_decay=args.drafter_loss_decay,
@@ -57,13 +61,9 @@ class DrafterTrainer(Trainer):
 
     def _teacher_head(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """Base logits restricted to the draft vocabulary: only those rows of the output layer are computed."""
+        rows = self.drafter.draft_to_base if self.drafter.has_reduced_vocabulary else None
         with torch.no_grad():
-            head = self.base_model.get_output_embeddings()
-            weight, bias = head.weight, getattr(head, "bias", None)
-            if self.drafter.has_reduced_vocabulary:
-                weight = weight[self.drafter.draft_to_base]
-                bias = bias[self.drafter.draft_to_base] if bias is not None else None
-            return torch.nn.functional.linear(hidden_states.to(weight.dtype), weight, bias).to(hidden_states.dtype)
+            return self.base.logits(hidden_states, rows).to(hidden_states.dtype)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         output = self.drafter_forward(model, inputs)

@@ -1,0 +1,174 @@
+"""The one batched decoding loop: plain decoding, speculative decoding, teacher data and distilled
+continuations all run through `BatchedDecoder`.
+
+prefill -> first token from the last prompt position -> repeat `decode_step` until every sequence has hit
+EOS or max_new_tokens. Finished sequences leave the batch (their cache rows are dropped), so late steps only
+pay for the sequences still running. Subclasses say what one step is (one token, a verified token tree, one
+token at every position of a conversation) by implementing `prefill` and `decode_step`.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import List, Optional, Sequence, Union
+
+import torch
+from transformers import PreTrainedModel
+
+from .base_lm import BaseLM, Prompts, normalize_prompts
+from .kv_cache import SlotKVCache
+from .result import FinishCallback, GenerationResult, OutputTracker, PhaseTimer, StepCallback
+from .sampling import Randomness, RowGenerators, SamplingConfig, select_tokens
+
+
+@dataclass
+class DecodingState:
+    """Everything the loop carries between steps for the sequences still running.
+
+    Attributes:
+        cache: KV cache holding every decided token except `next_tokens`.
+        hidden: (B, H) base last hidden state at the last cached position (the drafting context).
+        next_tokens: (B,) the base model's next token: decided and emitted, not yet in the cache.
+        rows: input-batch index of each row.
+        rng: the random source; per-row streams (`RowGenerators`) follow their rows when rows leave.
+    """
+
+    cache: SlotKVCache
+    hidden: torch.Tensor
+    next_tokens: torch.Tensor
+    rows: List[int]
+    rng: Randomness = None
+
+    def select(self, keep: Sequence[int]) -> None:
+        """Keep only the rows at positions `keep`."""
+        index = torch.tensor(list(keep), dtype=torch.long, device=self.hidden.device)
+        self.cache.select(keep)
+        self.hidden = self.hidden[index]
+        self.next_tokens = self.next_tokens[index]
+        self.rows = [self.rows[i] for i in keep]
+        if isinstance(self.rng, RowGenerators):
+            self.rng.select(keep)
+
+
+@dataclass
+class StepOutput:
+    """Host-side result of one decoding step, per row of the state (before EOS / length truncation)."""
+
+    new_tokens: List[List[int]]
+    num_drafted_accepted: List[int]
+
+
+def make_rng(device: torch.device, seed: Optional[int], generator: Optional[torch.Generator]) -> Randomness:
+    """The batch's random source: `generator` if given, else a fresh device generator seeded with `seed`."""
+    if generator is not None:
+        return generator
+    if seed is None:
+        return None
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+class BatchedDecoder:
+    """Base class: runs the loop; subclasses implement `decode_step` (and may replace `prefill`)."""
+
+    num_draft_steps: int = 0
+
+    def __init__(self, base_model: PreTrainedModel):
+        self.base_model = base_model
+        self.lm = BaseLM(base_model)
+        self.lm.require_4d_masks()
+
+    def decode_step(self, state: DecodingState, sampling: SamplingConfig, timer: PhaseTimer) -> StepOutput:
+        """Advance every sequence of `state` by one step (in place); return the new tokens per row."""
+        raise NotImplementedError
+
+    @torch.inference_mode()
+    def prefill(self, prompts: List[List[int]], sampling: SamplingConfig, rng: Randomness = None) -> DecodingState:
+        """Fill the cache with the prompts and choose each sequence's first new token."""
+        cache, hidden = self.lm.prefill(prompts)
+        first = select_tokens(self.lm.logits(hidden), sampling, rng)
+        return DecodingState(cache=cache, hidden=hidden, next_tokens=first, rows=list(range(len(prompts))), rng=rng)
+
+    def _check_modes(self) -> None:
+        if self.base_model.training:
+            warnings.warn("base model is in training mode (dropout on): call .eval() for exact decoding", stacklevel=3)
+
+    def generate(
+        self,
+        prompts: Prompts,
+        max_new_tokens: int = 128,
+        eos_token_id: Union[int, Sequence[int], None] = None,
+        temperature: float = 0.0,
+        top_k: Optional[int] = None,
+        top_p: Optional[float] = None,
+        seed: Optional[int] = None,
+        generator: Optional[torch.Generator] = None,
+        attention_mask: Optional[torch.Tensor] = None,
+        callback: Optional[StepCallback] = None,
+        profile: bool = False,
+        row_seeds: Optional[Sequence[int]] = None,
+        on_finish: Optional[FinishCallback] = None,
+    ) -> GenerationResult:
+        """Generate continuations for a batch of prompts.
+
+        Args:
+            prompts: list of token-id lists (any lengths), or a padded (B, P) tensor with `attention_mask`.
+            max_new_tokens: exact cap on generated tokens per sequence.
+            eos_token_id: token id(s) ending a sequence (the EOS is emitted; nothing after it).
+            temperature: 0 for greedy decoding, else the sampling temperature.
+            top_k, top_p: optional sampling filters (as in transformers).
+            seed / generator: random source for sampling (a device generator; `seed` makes a fresh one).
+            row_seeds: instead, one seeded stream per prompt (see `RowGenerators`): a prompt's tokens then do
+                not depend on the batch it is decoded in.
+            callback: streaming hook, called after the prefill and after each step with every sequence's
+                newly emitted tokens.
+            on_finish: called with (prompt index, tokens) as soon as a sequence is complete.
+            profile: synchronize the device at phase boundaries so `result.timing` is exact (slower on GPU).
+        """
+        prompt_lists = normalize_prompts(prompts, attention_mask)
+        sampling = SamplingConfig(temperature=temperature or 0.0, top_k=top_k, top_p=top_p)
+        device = self.lm.device
+        rng: Randomness = None
+        if not sampling.greedy:
+            if row_seeds is not None:
+                if len(row_seeds) != len(prompt_lists):
+                    raise ValueError(f"{len(row_seeds)} row_seeds for {len(prompt_lists)} prompts")
+                rng = RowGenerators.from_seeds(row_seeds, device)
+            else:
+                rng = make_rng(device, seed, generator)
+        tracker = OutputTracker(
+            len(prompt_lists), max_new_tokens, eos_token_id, callback, self.num_draft_steps, on_finish
+        )
+        timer = PhaseTimer(device, synchronize=profile)
+        self._check_modes()
+        if max_new_tokens <= 0:
+            return tracker.result(0, timer.timing)
+        with torch.inference_mode():
+            with timer.phase("prefill"):
+                state = self.prefill(prompt_lists, sampling, rng)
+            return self.run(state, sampling, tracker, timer)
+
+    @torch.inference_mode()
+    def run(self, state, sampling: SamplingConfig, tracker: OutputTracker, timer: PhaseTimer) -> GenerationResult:
+        """The loop proper, from a prefilled state (any object with `rows`, `next_tokens` and `select`)."""
+        for row, token in zip(state.rows, state.next_tokens.tolist()):
+            tracker.emit(row, [token])
+        tracker.flush()
+        self._drop_finished(state, tracker)
+        num_steps = 0
+        while state.rows:
+            step = self.decode_step(state, sampling, timer)
+            num_steps += 1
+            with timer.phase("bookkeeping"):
+                for row, tokens, accepted in zip(state.rows, step.new_tokens, step.num_drafted_accepted):
+                    tracker.record_step(row, accepted)
+                    tracker.emit(row, tokens)
+                self._drop_finished(state, tracker)
+            tracker.flush()
+        return tracker.result(num_steps, timer.timing)
+
+    @staticmethod
+    def _drop_finished(state, tracker: OutputTracker) -> None:
+        keep = [i for i, row in enumerate(state.rows) if not tracker.finished[row]]
+        if len(keep) < len(state.rows):
+            state.select(keep)

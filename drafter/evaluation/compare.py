@@ -1,0 +1,65 @@
+"""The one multi-drafter comparison: build a speculative decoder per drafter, time them with the baselines on
+the same prompts in one run (`SpeedBenchmark`), and summarise. `generate_speculator.py --compare` and the sweeps
+both call `compare_drafters`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping, Optional, Sequence
+
+from transformers import PreTrainedModel
+
+from ..engine.prompts import encode_chat_prompts
+from ..generation import SpeculativeGenerator
+from .benchmark import BenchmarkConfig, SpeedBenchmark
+
+
+@dataclass(frozen=True)
+class TreeShape:
+    """How a speculator drafts each step: beam search (beam_width x beam_length), or the per-head top-k tree."""
+
+    beam_width: int = 4
+    beam_length: Optional[int] = None
+    top_k_tokens_per_head: Optional[Sequence[int]] = None
+    n_candidates: Optional[int] = None
+
+    def speculator(self, base: PreTrainedModel, drafter: Any) -> SpeculativeGenerator:
+        return SpeculativeGenerator(
+            base, drafter, beam_width=self.beam_width, beam_length=self.beam_length,
+            top_k_tokens_per_head=self.top_k_tokens_per_head, n_candidates=self.n_candidates,
+        )
+
+
+def compare_drafters(
+    base: PreTrainedModel,
+    tokenizer: Any,
+    drafters: Mapping[str, Any],
+    shapes: Mapping[str, TreeShape],
+    prompts: Sequence[Mapping[str, Any]],
+    config: BenchmarkConfig,
+    progress: bool = True,
+    with_answers: bool = False,
+) -> dict[str, Any]:
+    """Benchmark every drafter (name -> drafter, drafted with `shapes[name]`) against the baselines.
+
+    Returns `SpeedBenchmark.summary()`; with `with_answers`, also per prompt the reference answer and, per
+    drafter, whether its answer was identical and its tau.
+    """
+    speculators = {name: shapes[name].speculator(base, drafter) for name, drafter in drafters.items()}
+    benchmark = SpeedBenchmark(base, speculators, tokenizer.eos_token_id, tokenizer.pad_token_id, config)
+    benchmark.run(encode_chat_prompts(tokenizer, prompts), progress=progress)
+    summary = benchmark.summary()
+    if with_answers:
+        summary["answers"] = [
+            {
+                "id": prompt.get("question_id", prompt["id"]),
+                "generate": tokenizer.decode(reference.tokens, skip_special_tokens=True),
+                **{name: _answer_record(benchmark.runs[name][i], reference) for name in speculators},
+            }
+            for i, (prompt, reference) in enumerate(zip(prompts, benchmark.runs["hf_generate"]))
+        ]
+    return summary
+
+
+def _answer_record(run, reference) -> dict[str, Any]:
+    return {"identical_to_generate": run.tokens == reference.tokens, "tau": run.accepted / max(run.steps, 1)}

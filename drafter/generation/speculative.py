@@ -1,0 +1,141 @@
+"""Lossless speculative decoding with a recurrent drafter: beam search + dynamic tree attention (ReDrafter).
+
+One step, for every running sequence at once:
+
+1. drafting: beam search over the drafter from the last verified hidden state and the next token (or, with
+   `top_k_tokens_per_head`, the per-head top-k candidate tree of MLP / Arctic speculators);
+2. verification: the unique beam prefixes form a token tree; ONE decoder pass scores all tree nodes on top of
+   the KV cache (4-D mask: the sequence's cached tokens plus the node's own ancestors; positions = tokens so
+   far + depth); the base model's choices then accept a path (greedy or rejection sampling) and a bonus token;
+3. bookkeeping: the accepted nodes' K/V are moved into place in the cache, everything else is dropped; the
+   last accepted node's hidden state and the bonus token seed the next step.
+
+Everything a step needs stays on the device; the only host sync is reading back the accepted tokens at the end
+(plus the tree size unless `static_tree_size=True`).
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, Optional, Sequence
+
+import torch
+from transformers import PreTrainedModel
+
+from ..engine.decode import BatchedDecoder, DecodingState, StepOutput
+from ..engine.result import PhaseTimer
+from ..engine.sampling import RowGenerators, SamplingConfig, warped_probs
+from .drafting import beam_search, num_topk_candidates, topk_tree_candidates
+from .tree import build_tree
+from .verification import greedy_accept, sampling_accept
+
+
+class SpeculativeGenerator(BatchedDecoder):
+    """Speculative decoding of a frozen base model with a drafter (see `BatchedDecoder.generate`).
+
+    Args:
+        base_model: a transformers causal LM (Llama / Qwen / SmolLM / GPT-2 style, full attention).
+        drafter: drafter implementing initial_state / advance_state / compute_logits / to_base_ids.
+        beam_width: W, beams drafted per step.
+        beam_length: L, tokens per beam including the init token (L - 1 drafted); defaults to the drafter's
+            num_draft_steps + 1.
+        static_tree_size: verify max_tree_size(W, L) nodes every step instead of the batch's unique-prefix
+            count, which saves a host sync per step (for accelerators) at the cost of extra nodes.
+        top_k_tokens_per_head: draft a per-head top-k candidate tree instead of beam search (MLP / Arctic
+            speculators' candidates, see `drafting.topk_tree_candidates`): e.g. [4, 3, 2] drafts 3 tokens, every
+            node expanding its own top-k, 24 candidates; [1] * n is a single greedy chain. Sets
+            beam_length = len + 1 and beam_width = the number of candidates (beam_width/beam_length are ignored).
+        n_candidates: with top_k_tokens_per_head, keep only the best this many candidates (default: all).
+    """
+
+    def __init__(
+        self,
+        base_model: PreTrainedModel,
+        drafter: Any,
+        beam_width: int = 4,
+        beam_length: Optional[int] = None,
+        static_tree_size: bool = False,
+        top_k_tokens_per_head: Optional[Sequence[int]] = None,
+        n_candidates: Optional[int] = None,
+    ):
+        super().__init__(base_model)
+        drafter.check_base_model(base_model)
+        self.top_k_tokens_per_head = None
+        self.n_candidates = n_candidates
+        if top_k_tokens_per_head is not None:
+            top_k = [int(k) for k in top_k_tokens_per_head]
+            if not top_k or min(top_k) < 1:
+                raise ValueError(f"top_k_tokens_per_head needs >= 1 entries, all >= 1; got {top_k}")
+            if n_candidates is not None and n_candidates < 1:
+                raise ValueError(f"n_candidates must be >= 1, got {n_candidates}")
+            self.top_k_tokens_per_head = top_k
+            beam_length = len(top_k) + 1
+            beam_width = num_topk_candidates(top_k, n_candidates)
+        elif n_candidates is not None:
+            raise ValueError("n_candidates needs top_k_tokens_per_head")
+        if beam_length is None:
+            beam_length = drafter.num_draft_steps + 1
+        if beam_length < 2:
+            raise ValueError(f"beam_length must be >= 2, got {beam_length}")
+        if beam_length - 1 > drafter.num_draft_steps:
+            raise ValueError(
+                f"beam_length {beam_length} drafts {beam_length - 1} tokens but the drafter has only "
+                f"{drafter.num_draft_steps} draft steps"
+            )
+        if beam_width < 1:
+            raise ValueError(f"beam_width must be >= 1, got {beam_width}")
+        self.drafter = drafter
+        self.beam_width = beam_width
+        self.beam_length = beam_length
+        self.static_tree_size = static_tree_size
+        self.num_draft_steps = beam_length - 1
+        params = list(drafter.parameters()) if hasattr(drafter, "parameters") else []
+        self._drafter_dtype = params[0].dtype if params else None
+
+    def _check_modes(self) -> None:
+        super()._check_modes()
+        if getattr(self.drafter, "training", False):
+            warnings.warn("drafter is in training mode: call .eval() (output stays lossless)", stacklevel=3)
+
+    @torch.inference_mode()
+    def decode_step(self, state: DecodingState, sampling: SamplingConfig, timer: PhaseTimer) -> StepOutput:
+        lm, cache = self.lm, state.cache
+        if isinstance(state.rng, RowGenerators):
+            raise ValueError("speculative sampling draws from one generator for the batch; row_seeds are for plain "
+                             "decoding (AutoregressiveGenerator)")
+        with timer.phase("drafting"):
+            context = state.hidden if self._drafter_dtype is None else state.hidden.to(self._drafter_dtype)
+            if self.top_k_tokens_per_head is not None:
+                beams = topk_tree_candidates(
+                    self.drafter, lm.embed_tokens, context, state.next_tokens, self.top_k_tokens_per_head,
+                    self.n_candidates,
+                ).beams
+            else:
+                beams = beam_search(
+                    self.drafter, lm.embed_tokens, context, state.next_tokens, self.beam_width, self.beam_length
+                ).beams
+
+        with timer.phase("verification"):
+            tree = build_tree(beams, static_size=self.static_tree_size)
+            mask = cache.attention_mask(tree.ancestor_mask, lm.mask_dtype)
+            positions = tree.position_ids(cache.context_lengths)
+            hidden = lm.forward(tree.tokens, mask, positions, cache)  # (B, N, H)
+            logits = lm.logits(hidden)  # (B, N, V)
+            if sampling.greedy:
+                accepted = greedy_accept(tree, logits)
+            else:
+                accepted = sampling_accept(tree, warped_probs(logits, sampling), state.rng)
+
+        with timer.phase("bookkeeping"):
+            # The step's single read-back: per row [num_accepted, path tokens (L), bonus].
+            packed = torch.cat(
+                [accepted.num_accepted[:, None], accepted.path_tokens, accepted.bonus_tokens[:, None]], dim=1
+            ).tolist()
+            num_accepted = [row[0] for row in packed]
+            cache.commit(accepted.path_nodes, accepted.num_accepted + 1, [n + 1 for n in num_accepted])
+            rows = torch.arange(hidden.shape[0], device=hidden.device)
+            state.hidden = hidden[rows, accepted.last_nodes]
+            state.next_tokens = accepted.bonus_tokens
+            # path token 0 is the root, emitted by the previous step; then the accepted drafts and the bonus.
+            new_tokens = [row[2 : 2 + n] + [row[-1]] for row, n in zip(packed, num_accepted)]
+        return StepOutput(new_tokens=new_tokens, num_drafted_accepted=num_accepted)

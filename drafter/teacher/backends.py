@@ -1,0 +1,105 @@
+"""The engines that answer teacher prompts: the toolkit's own batched decoder (transformers models) or vLLM."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, List, Optional, Sequence
+
+from ..engine.autoregressive import AutoregressiveGenerator
+from ..engine.loading import resolve_model_path
+from .config import TeacherGenerationConfig
+from .jobs import TeacherJob
+
+# Called once per finished prompt: (job, generated token ids (stop token included), finish reason, text or None).
+EmitFn = Callable[[TeacherJob, List[int], str, Optional[str]], None]
+
+
+def is_vllm_engine(model: Any) -> bool:
+    return type(model).__module__.split(".")[0] == "vllm"
+
+
+def generate_with_transformers(
+    model: Any,
+    jobs: List[TeacherJob],
+    config: TeacherGenerationConfig,
+    batch_size: int,
+    stop_ids: Sequence[int],
+    emit: EmitFn,
+) -> None:
+    """Batches of prompts through the engine's decode loop: one seeded random stream per prompt, and every
+    answer handed to `emit` the moment it is complete (so it reaches the shard file while the batch goes on)."""
+    decoder = AutoregressiveGenerator(model)
+    stops = set(stop_ids)
+    # Longest first: homogeneous batches, and the memory peak (and a slow ETA) shows up at once.
+    order = sorted(jobs, key=lambda job: len(job.token_ids), reverse=True)
+    for start in range(0, len(order), batch_size):
+        batch = order[start : start + batch_size]
+
+        def finished(row: int, tokens: List[int], batch: List[TeacherJob] = batch) -> None:
+            emit(batch[row], list(tokens), "stop" if tokens[-1] in stops else "length", None)
+
+        decoder.generate(
+            [job.token_ids for job in batch],
+            max_new_tokens=config.max_tokens,
+            eos_token_id=list(stop_ids),
+            temperature=config.temperature,
+            top_k=config.top_k,
+            top_p=config.top_p,
+            row_seeds=None if config.greedy else [job.seed for job in batch],
+            on_finish=finished,
+        )
+
+
+def generate_with_vllm(
+    llm: Any,
+    jobs: List[TeacherJob],
+    config: TeacherGenerationConfig,
+    batch_size: int,
+    stop_ids: Sequence[int],
+    emit: EmitFn,
+) -> None:
+    """vLLM offline engine; requests are sent in chunks so finished rows reach the shard file as it goes."""
+    from vllm import SamplingParams
+
+    chunk = max(batch_size, 256)  # vLLM batches internally; the chunk only bounds lost work on a kill
+    for start in range(0, len(jobs), chunk):
+        part = jobs[start : start + chunk]
+        params = [
+            SamplingParams(
+                temperature=float(config.temperature),
+                top_k=config.top_k if config.top_k is not None and not config.greedy else -1,
+                top_p=config.top_p if config.top_p is not None and not config.greedy else 1.0,
+                max_tokens=config.max_tokens,
+                seed=None if config.greedy else job.seed % (2**31),
+                stop_token_ids=list(stop_ids),
+                skip_special_tokens=True,
+            )
+            for job in part
+        ]
+        prompts = [{"prompt_token_ids": job.token_ids} for job in part]
+        outputs = llm.generate(prompts, params, use_tqdm=True)
+        for job, output in zip(part, outputs):
+            completion = output.outputs[0]
+            reason = "stop" if completion.finish_reason == "stop" else "length"
+            emit(job, list(completion.token_ids), reason, completion.text)
+
+
+def vllm_dtype(llm: Any) -> str:
+    try:
+        return str(llm.llm_engine.model_config.dtype)
+    except AttributeError:
+        return "auto"
+
+
+def load_vllm_engine(llm_name_or_path: str, tensor_parallel: int = 1, dtype: str = "auto", seed: int = 0):
+    """A vLLM engine for `llm_name_or_path` (embedded / .gguf names resolved as by load_base_model)."""
+    try:
+        from vllm import LLM
+    except ImportError as error:
+        raise ImportError(
+            "--backend vllm needs the `vllm` package (pip install vllm, on a CUDA machine); or use "
+            "--backend transformers."
+        ) from error
+    path, kwargs = resolve_model_path(llm_name_or_path)
+    model = str(Path(path) / kwargs["gguf_file"]) if "gguf_file" in kwargs else path
+    return LLM(model=model, tokenizer=path, tensor_parallel_size=int(tensor_parallel), dtype=dtype, seed=int(seed))

@@ -1,0 +1,333 @@
+"""Teacher regeneration (self-distillation data, the Arctic/Medusa recipe): the base model answers prompts.
+
+The first-turn prompts of a dataset are answered by the frozen base model itself, and every answer is saved as
+a chat ``{"id", "messages": prompt + [{"role": "assistant", "content": answer}], ...}``. A drafter trained on
+these chats learns the base model's own distribution instead of the original (e.g. ChatGPT) replies.
+
+Layout of an output folder::
+
+    metadata.json                       what generated it (model, tokenizer, prompts hash, parameters)
+    shard-00000-of-00004.jsonl          one JSON row per finished prompt, appended and flushed as they finish
+    ...
+    data.jsonl                          all shards merged in prompt order (written once every prompt is done)
+
+``load_conversations(folder)`` (and so ``--dataset_name folder`` of training) reads ``data.jsonl``.
+
+Scale-out and resume: prompt ``i`` belongs to shard ``i % num_shards``. A shard skips prompts whose id is
+already in any shard file of the folder (a killed job resumes where it stopped; a partially written last line is
+cut off), so every prompt is generated exactly once. When the last prompt is done the shards are merged into
+``data.jsonl`` (or explicitly with ``--merge``). Sampling uses one random generator per prompt, seeded from
+(seed, prompt id), so neither sharding, batching nor resuming changes which tokens are drawn (up to float
+noise between batch compositions).
+
+Usage::
+
+    python -m drafter.teacher.generate --dataset_name sharegpt --max_examples 2000 --output_dir DIR \\
+        [--llm_name_or_path NAME] [--max_tokens 256] [--gen_temp 1.0] [--top_k K] [--top_p P] [--seed 0] \\
+        [--batch_size 16] [--backend transformers|vllm] [--tensor_parallel 1] \\
+        [--num_shards N --shard_index i] [--max_prompt_tokens 512] [--merge]
+
+Without ``--output_dir`` the data goes to ``<DRAFTER_CACHE>/teacher/<source>-<key>`` where the key hashes the
+base model, the source and every generation parameter, so sweeps reuse it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import torch
+
+from ..engine.base_lm import stop_token_ids
+from ..engine.loading import EMBEDDED_BASE_MODEL
+from ..engine.sampling import row_seed
+from ..store import ShardAppender, shard_file_name
+from .backends import generate_with_transformers, generate_with_vllm, is_vllm_engine, load_vllm_engine, vllm_dtype
+from .config import (
+    BACKENDS,
+    DATA_FILE,
+    SKIPPED_REASON,
+    TeacherGenerationConfig,
+    TeacherGenerationResult,
+    check_or_write_metadata,
+    folder_is_merged,
+    teacher_cache_dir,
+    teacher_identity,
+)
+from .jobs import TeacherJob, prepare_prompt, shard_indices
+from .merge import done_ids, merge_teacher_shards
+
+logger = logging.getLogger(__name__)
+
+PathLike = Union[str, os.PathLike]
+
+
+def generate_teacher_data(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[Mapping[str, Any]],
+    output_dir: PathLike,
+    config: Optional[TeacherGenerationConfig] = None,
+    *,
+    batch_size: int = 16,
+    num_shards: int = 1,
+    shard_index: int = 0,
+    model_id: Optional[str] = None,
+    source: Optional[Mapping[str, Any]] = None,
+    merge: bool = True,
+    progress: bool = True,
+    on_example: Optional[Callable[[Dict[str, Any]], None]] = None,
+) -> TeacherGenerationResult:
+    """Let the base model answer `prompts` and append the answers to a shard file under `output_dir`.
+
+    Args:
+        model: a transformers causal LM (batched decoding on its device) or a ``vllm.LLM`` engine.
+        tokenizer: the base model's tokenizer (its chat template renders the prompts).
+        prompts: ``{"id", "messages"}`` items, e.g. `drafter.data.load_prompts`; ids must be unique.
+            Every shard must receive the same full list.
+        output_dir: the teacher folder (created; see the module docstring for its layout).
+        config: generation parameters (`TeacherGenerationConfig`).
+        batch_size: prompts decoded together (transformers backend); does not change the data beyond float noise.
+        num_shards, shard_index: this call generates prompts ``i`` with ``i % num_shards == shard_index``.
+        model_id: name recorded in the folder identity (default ``model.config.name_or_path``).
+        source: free-form description of where the prompts came from, stored in metadata.json.
+        merge: write ``data.jsonl`` when, after this shard, every prompt of the folder is done.
+        progress: show a progress bar (prompts, tokens/s, ETA).
+        on_example: called with every row right after it is written (tests use it to simulate a kill).
+
+    Resumes: prompts already in any shard file of the folder are skipped. Raises
+    `TeacherDataMismatchError` when the folder was generated with a different identity.
+    """
+    config = config or TeacherGenerationConfig()
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    ids = [str(prompt["id"]) for prompt in prompts]
+    if len(set(ids)) != len(ids):
+        raise ValueError("prompt ids must be unique (resume and merging key on them)")
+    selected = shard_indices(len(prompts), num_shards, shard_index)
+    vllm_engine = is_vllm_engine(model)
+    stop_ids = stop_token_ids(None if vllm_engine else model, tokenizer)
+    if not stop_ids:
+        raise ValueError("the tokenizer/model define no EOS token to stop answers at")
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    identity = _identity(model, vllm_engine, model_id, tokenizer, prompts, config)
+    check_or_write_metadata(output_dir, identity, {"source": dict(source or {}), "created": time.time()})
+    shard_path = output_dir / shard_file_name(num_shards, shard_index)
+    lock = _claim(shard_path)
+    try:
+        with ShardAppender(shard_path, on_row=on_example) as shard:  # cuts a partially written last row first
+            jobs, skipped, num_resumed = _plan_jobs(tokenizer, prompts, selected, done_ids(output_dir), config)
+            if num_resumed:
+                logger.info("%s: resuming, %d of %d prompts of this shard already done", shard_path, num_resumed,
+                            len(selected))
+            for job in skipped:
+                logger.warning("prompt %s does not fit max_prompt_tokens=%d; skipped", job.prompt["id"],
+                               config.max_prompt_tokens)
+                shard.write({**job.row(SKIPPED_REASON, 0), "messages": job.messages})
+            label = f"Teacher shard {shard_index}/{num_shards}"
+            backend_fn = generate_with_vllm if vllm_engine else generate_with_transformers
+            generated, tokens, seconds = _answer(model, tokenizer, jobs, config, batch_size, stop_ids, backend_fn,
+                                                 shard, label if progress else None)
+    finally:
+        lock.release()
+    if generated:
+        logger.info("%s: generated %d answers, %d tokens in %.1f s (%.1f tokens/s)",
+                    shard_path.name, generated, tokens, seconds, tokens / max(seconds, 1e-9))
+    data_path = _merge_if_complete(output_dir, ids, changed=bool(generated or skipped)) if merge else None
+    return TeacherGenerationResult(output_dir, shard_path, len(selected), generated, num_resumed, tokens, seconds,
+                                   data_path)
+
+
+def _claim(shard_path: Path):
+    """The shard's lock, held: one writer per shard file."""
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(str(shard_path) + ".lock")
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise RuntimeError(f"{shard_path} is being generated by another process (lock {lock.lock_file})") from None
+    return lock
+
+
+def _identity(model: Any, vllm_engine: bool, model_id: Optional[str], tokenizer: Any,
+              prompts: Sequence[Mapping[str, Any]], config: TeacherGenerationConfig) -> Dict[str, Any]:
+    """The folder identity for this model (name: `model_id`, default the model's own), dtype and backend."""
+    if model_id is None:
+        model_id = getattr(getattr(model, "config", None), "name_or_path", "") if not vllm_engine else ""
+    dtype = vllm_dtype(model) if vllm_engine else str(getattr(model, "dtype", ""))
+    backend = "vllm" if vllm_engine else "transformers"
+    return teacher_identity(model_id, dtype, tokenizer, prompts, config, backend)
+
+
+def _plan_jobs(
+    tokenizer: Any,
+    prompts: Sequence[Mapping[str, Any]],
+    selected: Sequence[int],
+    done: set,
+    config: TeacherGenerationConfig,
+) -> Tuple[List[TeacherJob], List[TeacherJob], int]:
+    """(jobs to answer, jobs whose prompt cannot fit, number already done) for this shard's prompts."""
+    jobs: List[TeacherJob] = []
+    skipped: List[TeacherJob] = []
+    num_resumed = 0
+    for i in selected:
+        prompt_id = str(prompts[i]["id"])
+        if prompt_id in done:
+            num_resumed += 1
+            continue
+        token_ids, messages, truncated = prepare_prompt(tokenizer, prompts[i]["messages"], config.max_prompt_tokens)
+        job = TeacherJob(i, prompts[i], messages, token_ids or [], truncated, row_seed(config.seed, prompt_id))
+        (jobs if token_ids is not None else skipped).append(job)
+    return jobs, skipped, num_resumed
+
+
+def _answer(
+    model: Any,
+    tokenizer: Any,
+    jobs: List[TeacherJob],
+    config: TeacherGenerationConfig,
+    batch_size: int,
+    stop_ids: List[int],
+    backend_fn: Callable[..., None],
+    shard: ShardAppender,
+    progress_label: Optional[str],
+) -> Tuple[int, int, float]:
+    """Answer `jobs`, writing each row as it finishes; returns (answers, tokens, seconds)."""
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(jobs), unit="prompt", desc=progress_label, disable=progress_label is None or not jobs)
+    stats = {"generated": 0, "tokens": 0}
+    start_time = time.perf_counter()
+
+    def emit(job: TeacherJob, tokens: List[int], reason: str, answer: Optional[str] = None) -> None:
+        if answer is None:  # the stop token ends the answer; it is counted but not written
+            answer = tokenizer.decode(tokens[:-1] if reason == "stop" else tokens, skip_special_tokens=True)
+        shard.write({**job.row(reason, len(tokens)),
+                     "messages": job.messages + [{"role": "assistant", "content": answer}]})
+        stats["generated"] += 1
+        stats["tokens"] += len(tokens)
+        bar.set_postfix_str(f"{stats['tokens'] / max(time.perf_counter() - start_time, 1e-9):.1f} tok/s",
+                            refresh=False)
+        bar.update(1)
+
+    try:
+        backend_fn(model, jobs, config, batch_size, stop_ids, emit)
+    finally:
+        bar.close()
+    return stats["generated"], stats["tokens"], time.perf_counter() - start_time
+
+
+def _merge_if_complete(output_dir: Path, ids: Sequence[str], changed: bool) -> Optional[Path]:
+    """data.jsonl once every prompt of the folder is done (merged again only when something changed)."""
+    missing = set(ids) - done_ids(output_dir)
+    if missing:
+        logger.info("%s: %d prompts of other shards still missing; not merging yet", output_dir, len(missing))
+        return None
+    if changed or not folder_is_merged(output_dir):
+        return merge_teacher_shards(output_dir)
+    return output_dir / DATA_FILE
+
+
+# ------------------------------------------------------------------------------------------------------- CLI
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m drafter.teacher.generate",
+        description="Regenerate a dataset's answers with the base model (self-distillation data for drafters).",
+    )
+    parser.add_argument("--dataset_name", default="sharegpt", help="sharegpt, mtbench or a local chat file")
+    parser.add_argument("--max_examples", type=int, default=None, help="seeded subset of the source's prompts")
+    parser.add_argument("--data_seed", type=int, default=0, help="seed of the --max_examples subset")
+    parser.add_argument("--output_dir", default=None, help="default: <DRAFTER_CACHE>/teacher/<source>-<key>")
+    parser.add_argument("--llm_name_or_path", default=EMBEDDED_BASE_MODEL)
+    parser.add_argument("--dtype", default=None, help="float32 (default on CPU), bfloat16, float16 or auto")
+    parser.add_argument("--device", default=None, help="e.g. cuda; default: cuda when available, else cpu")
+    parser.add_argument("--max_tokens", type=int, default=256)
+    parser.add_argument("--gen_temp", type=float, default=1.0, help="0 = greedy")
+    parser.add_argument("--top_k", type=int, default=None)
+    parser.add_argument("--top_p", type=float, default=None)
+    parser.add_argument("--seed", type=int, default=0, help="sampling seed (per prompt: hash of seed and id)")
+    parser.add_argument("--max_prompt_tokens", type=int, default=512)
+    parser.add_argument("--batch_size", type=int, default=16)
+    parser.add_argument("--backend", choices=BACKENDS, default="transformers")
+    parser.add_argument("--tensor_parallel", type=int, default=1, help="vLLM tensor parallel size")
+    parser.add_argument("--num_shards", type=int, default=1)
+    parser.add_argument("--shard_index", type=int, default=0)
+    parser.add_argument("--merge", action="store_true", help="only merge the finished shards into data.jsonl")
+    parser.add_argument("--allow_partial", action="store_true", help="with --merge: merge although prompts miss")
+    parser.add_argument("--num_threads", type=int, default=None,
+                        help="torch CPU threads (on a shared/oversubscribed CPU, 1 can be much faster)")
+    parser.add_argument("--no_progress", action="store_true")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> TeacherGenerationResult | Path:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = TeacherGenerationConfig(
+        max_tokens=args.max_tokens,
+        temperature=args.gen_temp,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        seed=args.seed,
+        max_prompt_tokens=args.max_prompt_tokens,
+    )
+    dtype_label = args.dtype or ("auto" if args.backend == "vllm" else "float32")
+    output_dir = Path(args.output_dir) if args.output_dir else teacher_cache_dir(
+        args.llm_name_or_path, args.dataset_name, args.max_examples, args.data_seed, config, args.backend,
+        dtype_label,
+    )
+    if args.merge:
+        path = merge_teacher_shards(output_dir, allow_partial=args.allow_partial)
+        print(f"Merged teacher data: {path}")
+        return path
+
+    from ..data.sources import load_prompts
+    from ..engine.loading import load_base_model, load_tokenizer
+
+    if args.num_threads:
+        torch.set_num_threads(args.num_threads)
+
+    if args.backend == "vllm":
+        model = load_vllm_engine(args.llm_name_or_path, args.tensor_parallel, dtype_label, args.seed)
+    else:
+        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        model = load_base_model(args.llm_name_or_path, dtype=args.dtype, device=device)
+    tokenizer = load_tokenizer(args.llm_name_or_path)
+    prompts = load_prompts(args.dataset_name, max_examples=args.max_examples, seed=args.data_seed)
+    source = {"dataset_name": args.dataset_name, "max_examples": args.max_examples, "data_seed": args.data_seed}
+    result = generate_teacher_data(
+        model,
+        tokenizer,
+        prompts,
+        output_dir,
+        config,
+        batch_size=args.batch_size,
+        num_shards=args.num_shards,
+        shard_index=args.shard_index,
+        model_id=args.llm_name_or_path,
+        source=source,
+        progress=not args.no_progress,
+    )
+    print(
+        f"Shard {args.shard_index}/{args.num_shards}: {result.num_generated} generated, {result.num_resumed} resumed "
+        f"of {result.num_prompts} prompts; {result.num_tokens} tokens in {result.seconds:.1f} s "
+        f"({result.tokens_per_second:.1f} tokens/s)"
+    )
+    if result.data_file is not None:
+        print(f"Teacher data: {result.data_file} (train with --dataset_name {output_dir})")
+    else:
+        print(f"Shard done; other shards missing. Output folder: {output_dir}")
+    return result
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
