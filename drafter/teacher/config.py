@@ -136,8 +136,10 @@ def teacher_cache_dir(
     config: TeacherGenerationConfig,
     backend: str,
     dtype: str,
+    exclude: Sequence[str] = (),
 ) -> Path:
-    """Default output folder: ``<DRAFTER_CACHE>/teacher/<source>-<key>``, key = hash of model, source, params."""
+    """Default output folder: ``<DRAFTER_CACHE>/teacher/<source>-<key>``, key = hash of model, source, params
+    (and the datasets whose prompts were excluded, when any)."""
     from ..data.sources import source_fingerprint
 
     payload = {
@@ -150,6 +152,8 @@ def teacher_cache_dir(
         "backend": backend,
         "version": TEACHER_FORMAT_VERSION,
     }
+    if exclude:
+        payload["exclude"] = sorted(exclude)
     label = Path(str(dataset_name).rstrip("/\\")).stem or "dataset"
     return cache_root() / "teacher" / f"{label}-{fingerprint(payload, length=20)}"
 

@@ -47,7 +47,15 @@ from ..engine.base_lm import stop_token_ids
 from ..engine.loading import EMBEDDED_BASE_MODEL
 from ..engine.sampling import row_seed
 from ..store import ShardAppender, shard_file_name
-from .backends import generate_with_transformers, generate_with_vllm, is_vllm_engine, load_vllm_engine, vllm_dtype
+from .backends import (
+    generate_with_transformers,
+    generate_with_vllm,
+    is_vllm_engine,
+    load_vllm_engine,
+    resolve_backend,
+    vllm_cpu_environment,
+    vllm_dtype,
+)
 from .config import (
     BACKENDS,
     DATA_FILE,
@@ -246,9 +254,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dataset_name", default="sharegpt", help="sharegpt, mtbench or a local chat file")
     parser.add_argument("--max_examples", type=int, default=None, help="seeded subset of the source's prompts")
     parser.add_argument("--data_seed", type=int, default=0, help="seed of the --max_examples subset")
+    parser.add_argument("--exclude_dataset", nargs="*", default=[],
+                        help="drop prompts that contain a user turn of these datasets (e.g. mtbench: keep the "
+                             "benchmark's questions out of training data)")
     parser.add_argument("--output_dir", default=None, help="default: <DRAFTER_CACHE>/teacher/<source>-<key>")
     parser.add_argument("--llm_name_or_path", default=EMBEDDED_BASE_MODEL)
-    parser.add_argument("--dtype", default=None, help="float32 (default on CPU), bfloat16, float16 or auto")
+    parser.add_argument("--dtype", default=None, help="float32 (default), bfloat16, float16 or auto")
     parser.add_argument("--device", default=None, help="e.g. cuda; default: cuda when available, else cpu")
     parser.add_argument("--max_tokens", type=int, default=256)
     parser.add_argument("--gen_temp", type=float, default=1.0, help="0 = greedy")
@@ -257,7 +268,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (per prompt: hash of seed and id)")
     parser.add_argument("--max_prompt_tokens", type=int, default=512)
     parser.add_argument("--batch_size", type=int, default=16)
-    parser.add_argument("--backend", choices=BACKENDS, default="transformers")
+    parser.add_argument("--backend", choices=("auto", *BACKENDS), default="auto",
+                        help="auto: vllm when it is installed (scripts/bootstrap_vllm.sh), else transformers")
     parser.add_argument("--tensor_parallel", type=int, default=1, help="vLLM tensor parallel size")
     parser.add_argument("--num_shards", type=int, default=1)
     parser.add_argument("--shard_index", type=int, default=0)
@@ -270,7 +282,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> TeacherGenerationResult | Path:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    if resolve_backend(args.backend) == "vllm" and not torch.cuda.is_available():
+        _reexec_with_vllm_cpu_environment(argv, args.num_threads)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = TeacherGenerationConfig(
         max_tokens=args.max_tokens,
@@ -280,30 +295,35 @@ def main(argv: Optional[Sequence[str]] = None) -> TeacherGenerationResult | Path
         seed=args.seed,
         max_prompt_tokens=args.max_prompt_tokens,
     )
-    dtype_label = args.dtype or ("auto" if args.backend == "vllm" else "float32")
+    backend = resolve_backend(args.backend)
+    dtype_label = args.dtype or "float32"
     output_dir = Path(args.output_dir) if args.output_dir else teacher_cache_dir(
-        args.llm_name_or_path, args.dataset_name, args.max_examples, args.data_seed, config, args.backend,
-        dtype_label,
+        args.llm_name_or_path, args.dataset_name, args.max_examples, args.data_seed, config, backend,
+        dtype_label, exclude=args.exclude_dataset,
     )
     if args.merge:
         path = merge_teacher_shards(output_dir, allow_partial=args.allow_partial)
         print(f"Merged teacher data: {path}")
         return path
 
-    from ..data.sources import load_prompts
+    from ..data.sources import exclude_prompts_of, load_prompts
     from ..engine.loading import load_base_model, load_tokenizer
 
     if args.num_threads:
         torch.set_num_threads(args.num_threads)
-
-    if args.backend == "vllm":
-        model = load_vllm_engine(args.llm_name_or_path, args.tensor_parallel, dtype_label, args.seed)
-    else:
-        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        model = load_base_model(args.llm_name_or_path, dtype=args.dtype, device=device)
     tokenizer = load_tokenizer(args.llm_name_or_path)
     prompts = load_prompts(args.dataset_name, max_examples=args.max_examples, seed=args.data_seed)
-    source = {"dataset_name": args.dataset_name, "max_examples": args.max_examples, "data_seed": args.data_seed}
+    for excluded in args.exclude_dataset:
+        prompts, dropped = exclude_prompts_of(prompts, excluded)
+        print(f"Dropped {dropped} prompts that hold a '{excluded}' question")
+    source = {"dataset_name": args.dataset_name, "max_examples": args.max_examples, "data_seed": args.data_seed,
+              "exclude_dataset": list(args.exclude_dataset)}
+    if backend == "vllm":
+        model = load_vllm_engine(args.llm_name_or_path, args.tensor_parallel, dtype_label, args.seed,
+                                 num_threads=args.num_threads)
+    else:
+        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        model = load_base_model(args.llm_name_or_path, dtype=dtype_label, device=device)
     result = generate_teacher_data(
         model,
         tokenizer,
@@ -329,5 +349,16 @@ def main(argv: Optional[Sequence[str]] = None) -> TeacherGenerationResult | Path
     return result
 
 
+def _reexec_with_vllm_cpu_environment(argv: List[str], num_threads: Optional[int]) -> None:
+    """vLLM's CPU build wants the Intel OpenMP runtime preloaded, which only takes effect at process start:
+    restart this command once with `vllm_cpu_environment` (a no-op when the environment already has it)."""
+    environment = vllm_cpu_environment(num_threads)
+    if environment.get("LD_PRELOAD") == os.environ.get("LD_PRELOAD") or os.environ.get("DRAFTER_VLLM_REEXEC"):
+        return
+    logger.info("Restarting with LD_PRELOAD=%s for vLLM's CPU build", environment["LD_PRELOAD"])
+    environment["DRAFTER_VLLM_REEXEC"] = "1"
+    os.execve(sys.executable, [sys.executable, "-m", "drafter.teacher.generate", *argv], environment)
+
+
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()

@@ -87,6 +87,11 @@ class DataArguments:
         default=None, metadata={"help": "Distil (and train on) at most this many training conversations."}
     )
     distill_batch_size: int = field(default=8, metadata={"help": "Conversations per distillation forward."})
+    features_dir: Optional[str] = field(
+        default=None,
+        metadata={"help": "Train from a feature cache (python -m drafter.features): the base model's hidden states "
+                  "are read, not computed, so the base never runs in the step. The cache defines the data."},
+    )
 
 
 @dataclass
@@ -106,6 +111,11 @@ class DrafterTrainingArguments(TrainingArguments):
         default=1.0, metadata={"help": "Step k's loss weight is decay**k; 1.0 (plain sum) is the paper's."}
     )
     eval_top_k: int = field(default=5, metadata={"help": "Report top-1..top-k accuracy per step."})
+    max_train_minutes: Optional[float] = field(
+        default=None,
+        metadata={"help": "Time budget: stop after the step that ends past it (then save and evaluate). Counts "
+                  "the training loop, over resumes too; max_steps / epochs still cap it."},
+    )
     remove_unused_columns: bool = field(default=False, metadata={"help": "Kept False: the drafter needs labels."})
     report_to: Optional[list[str]] = field(
         default_factory=lambda: ["none"], metadata={"help": "tensorboard, wandb, ... (default none)."}

@@ -1,4 +1,5 @@
-"""Training wall-clock time that survives a resume: every checkpoint records the total so far."""
+"""Training wall-clock time that survives a resume (every checkpoint records the total so far), and the time
+budget (`--max_train_minutes`) that ends training cleanly when it is spent."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import os
 import time
 from typing import Any, Optional
 
+import torch
 from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
@@ -14,11 +16,18 @@ CLOCK_FILE = "train_clock.json"
 
 
 class TrainingClock(TrainerCallback):
-    """Seconds spent in `Trainer.train`, including the runs before a resume (read from the checkpoint)."""
+    """Seconds spent in `Trainer.train`, including the runs before a resume (read from the checkpoint).
 
-    def __init__(self, resumed_from: Optional[str] = None) -> None:
+    With `budget_seconds`, training stops after the first optimizer step that ends past the budget (counted
+    over resumes too); the caller then saves and evaluates as after any other last step. Under several
+    processes the ranks agree (any rank past the budget stops them all), so none waits on a collective alone.
+    """
+
+    def __init__(self, resumed_from: Optional[str] = None, budget_seconds: Optional[float] = None) -> None:
         self.previous_seconds = seconds_recorded_in(resumed_from)
         self.started: Optional[float] = None
+        self.budget_seconds = budget_seconds
+        self.stopped_by_budget = False
 
     @property
     def this_run_seconds(self) -> float:
@@ -30,6 +39,18 @@ class TrainingClock(TrainerCallback):
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self.started = time.perf_counter()
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.budget_seconds is None:
+            return
+        over = self.total_seconds >= self.budget_seconds
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            flag = torch.tensor([float(over)], device=args.device if args.device.type != "cpu" else "cpu")
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            over = bool(flag.item())
+        if over:
+            self.stopped_by_budget = True
+            control.should_training_stop = True
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         folder = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")

@@ -56,6 +56,38 @@ def drafter_config(model_args: ModelArguments, base: PreTrainedModel) -> Drafter
     )
 
 
+def training_data(tokenizer, base: PreTrainedModel, data_args: DataArguments, seed: int) -> dict:
+    """{"train", "eval"}: the tokenized dataset, or with --features_dir the feature cache (whose base model must
+    be this one; its data settings replace the data arguments)."""
+    if not data_args.features_dir:
+        return build_tokenized_datasets(
+            tokenizer,
+            data_args.dataset_name,
+            model_max_length=data_args.model_max_length,
+            train_on_assistant_only=data_args.train_on_assistant_only,
+            max_examples=data_args.max_train_examples,
+            eval_examples=data_args.num_eval_examples,
+            seed=seed,
+        )
+    from ..features import FeatureCache, FeatureDataset, StaleFeaturesError
+
+    cache = FeatureCache.open(data_args.features_dir)
+    if cache.index["identity"]["base_model"] != BaseLM(base).fingerprint():
+        raise StaleFeaturesError(
+            f"{data_args.features_dir} holds hidden states of another base model than '{base.config.name_or_path}'; "
+            "build the cache with this base (python -m drafter.features)"
+        )
+    if not cache.index["complete"]:
+        raise ValueError(f"{data_args.features_dir} is not complete; run python -m drafter.features again to finish it")
+    if data_args.use_distilled_dataset and not cache.num_future_tokens:
+        raise ValueError(f"--use_distilled_dataset: {data_args.features_dir} has no distilled continuations "
+                         "(build it with --distill_num_future_tokens N)")
+    logger.info("Training from the feature cache %s (%d train / %d eval examples)", data_args.features_dir,
+                cache.num_examples("train"), cache.num_examples("eval"))
+    return {"train": FeatureDataset(cache, "train", distilled=data_args.use_distilled_dataset),
+            "eval": FeatureDataset(cache, "eval")}
+
+
 def distilled_train_split(base, model_args: ModelArguments, data_args: DataArguments, train, seed: int):
     """The training split with the base model's continuations at every labelled position, cached on disk
     (keyed by base model, tokenized data and distillation parameters) so sweeps compute it once."""
@@ -95,15 +127,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Dra
         dtype=base_dtype(model_args, training_args),
         trust_remote_code=model_args.trust_remote_code,
     )
-    datasets = build_tokenized_datasets(
-        tokenizer,
-        data_args.dataset_name,
-        model_max_length=data_args.model_max_length,
-        train_on_assistant_only=data_args.train_on_assistant_only,
-        max_examples=data_args.max_train_examples,
-        eval_examples=data_args.num_eval_examples,
-        seed=training_args.seed,
-    )
+    datasets = training_data(tokenizer, base, data_args, training_args.seed)
     drafter = build_drafter(model_args, base)
     summary: dict = {"drafter_parameters": sum(p.numel() for p in drafter.parameters())}
     # Counted on the whole training split, before a distilled subset replaces it: with the distilled dataset
@@ -116,7 +140,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Dra
         logger.info("Draft vocabulary of %d tokens covers %.1f%% of training targets",
                     drafter.config.draft_vocab_size, 100 * coverage)
 
-    if data_args.use_distilled_dataset:
+    if data_args.use_distilled_dataset and not data_args.features_dir:
         datasets["train"] = distilled_train_split(base, model_args, data_args, datasets["train"], training_args.seed)
         if data_args.distill_num_future_tokens - 1 < drafter.num_draft_steps:
             logger.warning(
@@ -135,7 +159,8 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Dra
     )
     if training_args.phase == "train":
         checkpoint = _resolve_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir)
-        clock = TrainingClock(resumed_from=checkpoint)
+        budget = training_args.max_train_minutes * 60 if training_args.max_train_minutes is not None else None
+        clock = TrainingClock(resumed_from=checkpoint, budget_seconds=budget)
         trainer.add_callback(clock)
         train_output = trainer.train(resume_from_checkpoint=checkpoint)
         trainer.save_model(training_args.output_dir)
@@ -144,6 +169,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Dra
         summary.update(
             train_seconds=clock.total_seconds,  # all runs, when resumed
             train_seconds_this_run=clock.this_run_seconds,
+            stopped_by_time_budget=clock.stopped_by_budget,
             train_steps=train_output.global_step,
             train_steps_this_run=steps_run,
             train_loss=train_output.training_loss,

