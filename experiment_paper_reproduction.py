@@ -23,13 +23,16 @@ from pathlib import Path
 
 import yaml
 
+from drafter.errors import run_main
 from drafter.experiments import ExperimentGrid, ExperimentRunner, GridError, results_table, write_report
 
 QUICK_GRID = Path(__file__).resolve().parent / "configs" / "experiments" / "quick.yaml"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="experiment_paper_reproduction.py", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="experiment_paper_reproduction.py", description=__doc__.split("\n\n")[0], allow_abbrev=False
+    )
     parser.add_argument("grid", nargs="?", help="grid YAML (see configs/experiments/)")
     parser.add_argument("--quick", action="store_true", help=f"the small grid {QUICK_GRID.name} on the embedded model")
     parser.add_argument("--dry_run", action="store_true", help="print the plan with estimated times, run nothing")
@@ -65,4 +68,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(run_main(main))

@@ -17,6 +17,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Optional
 
 import torch
@@ -25,13 +26,17 @@ from transformers import HfArgumentParser, PreTrainedModel
 from drafter import AutoDrafter
 from drafter.chat import ChatSession
 from drafter.data import load_prompts
-from drafter.engine import AutoregressiveGenerator, encode_chat_prompts, load_base_model, load_tokenizer
+from drafter.engine import EMBEDDED_BASE_MODEL, AutoregressiveGenerator, load_base_model, load_tokenizer
+from drafter.errors import UsageError, run_main
+from drafter.evaluation.answers import AnswerLog, answer_prompts
 from drafter.evaluation.benchmark import BenchmarkConfig, environment
 from drafter.evaluation.compare import TreeShape, compare_drafters
 from drafter.evaluation.report import markdown_table, plot_summary
 from drafter.store import write_json
 
 logger = logging.getLogger("generate_speculator")
+# Used when no --speculator_path is given for the embedded base model (see BENCHMARKS.md for how it was made).
+DEFAULT_DRAFTER = Path(__file__).resolve().parent / "benchmarks" / "drafters" / "smollm2-redrafter-sharegpt-kd"
 
 
 @dataclass
@@ -47,13 +52,22 @@ class GenerationArguments:
     prompt: Optional[str] = field(default=None, metadata={"help": "Answer one prompt and exit."})
     system_prompt: Optional[str] = field(default=None, metadata={"help": "System message for chat/prompt."})
     eval_mt_bench: bool = field(default=False, metadata={"help": "Answer MT-Bench first turns."})
-    eval_dataset: str = field(default="mtbench", metadata={"help": "Prompt source for --eval_mt_bench."})
+    eval_dataset: str = field(
+        default="mtbench",
+        metadata={"help": "Prompt source for --eval_mt_bench: mtbench, sharegpt, or a chat / FastChat-Spec-Bench "
+                  "question.jsonl file."},
+    )
     compare: bool = field(
         default=False,
         metadata={"help": "With --eval_mt_bench: time transformers generate, the autoregressive loop and "
                   "speculative decoding on the same prompts (greedy, batch 1)."},
     )
     max_num_prompts: Optional[int] = field(default=None, metadata={"help": "Use the first N prompts."})
+    all_turns: bool = field(
+        default=False,
+        metadata={"help": "--eval_mt_bench: answer every turn of multi-turn questions (MT-Bench's second turn), "
+                  "the model's own earlier answers in the context."},
+    )
     autoregressive: bool = field(default=False, metadata={"help": "Plain decoding through the same harness."})
     output_file: Optional[str] = field(default=None, metadata={"help": "JSON with every answer and metric."})
     chart_file: Optional[str] = field(default=None, metadata={"help": "PNG chart (--compare); default beside JSON."})
@@ -82,6 +96,33 @@ class GenerationArguments:
     repeats: int = field(default=1, metadata={"help": "--compare: timed runs per prompt and method (median)."})
     warmup: int = field(default=1, metadata={"help": "--compare: untimed warm-up runs."})
     threads: Optional[int] = field(default=None, metadata={"help": "torch CPU threads (default: torch's)."})
+    allow_base_mismatch: bool = field(
+        default=False,
+        metadata={"help": "Use a base whose weights differ from those the drafter was trained on (same shapes)."},
+    )
+
+    def __post_init__(self) -> None:
+        """Every numeric argument in range, before any model loads."""
+        checks = [
+            ("max_generation_length", self.max_generation_length, lambda v: v is None or v >= 1, ">= 1"),
+            ("batch_size", self.batch_size, lambda v: v >= 1, ">= 1"),
+            ("beam_width", self.beam_width, lambda v: v >= 1, ">= 1"),
+            ("beam_length", self.beam_length, lambda v: v is None or v >= 2, ">= 2 (the base token + 1 draft)"),
+            ("temperature", self.temperature, lambda v: v >= 0, ">= 0 (0 = greedy)"),
+            ("top_k", self.top_k, lambda v: v is None or v >= 1, ">= 1"),
+            ("top_p", self.top_p, lambda v: v is None or 0 < v <= 1, "in (0, 1]"),
+            ("max_num_prompts", self.max_num_prompts, lambda v: v is None or v >= 1, ">= 1"),
+            ("n_candidates", self.n_candidates, lambda v: v is None or v >= 1, ">= 1"),
+            ("repeats", self.repeats, lambda v: v >= 1, ">= 1"),
+            ("warmup", self.warmup, lambda v: v >= 0, ">= 0"),
+            ("threads", self.threads, lambda v: v is None or v >= 1, ">= 1"),
+        ]
+        for name, value, valid, rule in checks:
+            if not valid(value):
+                raise ValueError(f"--{name} {value}: must be {rule}")
+        if self.top_k_tokens_per_head is not None and (not self.top_k_tokens_per_head
+                                                       or min(self.top_k_tokens_per_head) < 1):
+            raise ValueError(f"--top_k_tokens_per_head {self.top_k_tokens_per_head}: one k >= 1 per drafted token")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -93,15 +134,13 @@ def resolve_device(name: str) -> torch.device:
 def load_models(args: GenerationArguments, device: torch.device) -> tuple[PreTrainedModel, Any, list]:
     """The base model, its tokenizer and the drafters named by --speculator_path (all checked against the base)."""
     drafters = [AutoDrafter.from_pretrained(path) for path in args.speculator_path]
-    if not drafters and not args.autoregressive:
-        raise SystemExit("error: --speculator_path is required (or pass --autoregressive for plain decoding)")
     base_name = args.base_model or (drafters[0].config.base_model_name_or_path if drafters else None)
     if not base_name:
-        raise SystemExit("error: --base_model is required (the drafter does not record its base model)")
+        raise UsageError("--base_model is required (the drafter does not record its base model)")
     base = load_base_model(base_name, dtype=args.dtype, device=device)
     tokenizer = load_tokenizer(base_name)
     for drafter in drafters:
-        drafter.check_base_model(base)
+        drafter.check_base_model(base, allow_weight_mismatch=args.allow_base_mismatch)
         drafter.to(device=device, dtype=base.dtype).eval()
     return base, tokenizer, drafters
 
@@ -117,7 +156,7 @@ def make_decoder(args: GenerationArguments, base: PreTrainedModel, drafters: lis
     """Plain decoding with --autoregressive, else speculative decoding with the (first) drafter."""
     if args.autoregressive or not drafters:
         return AutoregressiveGenerator(base)
-    return tree_shape(args).speculator(base, drafters[0])
+    return tree_shape(args).speculator(base, drafters[0], args.allow_base_mismatch)
 
 
 def speculator_names(paths: list[str]) -> list[str]:
@@ -149,8 +188,8 @@ def run_chat(args: GenerationArguments, generator: Any, tokenizer: Any, max_new_
     while True:
         try:
             user = input("\nuser> ")
-        except EOFError:
-            print()
+        except (EOFError, KeyboardInterrupt):  # Ctrl-D / Ctrl-C at the prompt ends the chat; during a reply it
+            print()  # stops that reply only (ChatSession.reply)
             break
         if user.strip() in {"/exit", "/quit"}:
             break
@@ -165,43 +204,28 @@ def run_chat(args: GenerationArguments, generator: Any, tokenizer: Any, max_new_
         print(f"\n{stats.line()}")
 
 
-def run_answers(args: GenerationArguments, generator, tokenizer, prompts, max_new_tokens: int) -> dict:
-    """Answer every prompt in batches; return answers and aggregate metrics."""
-    encoded = encode_chat_prompts(tokenizer, prompts)
-    answers, steps, accepted, tokens = [], 0, 0, 0
+def run_answers(args: GenerationArguments, decoder, tokenizer, prompts, max_new_tokens: int) -> dict:
+    """Answer every prompt in batches (resuming a killed run's --output_file); return answers and metrics."""
+    settings = {"speculators": args.speculator_path, "base_model": args.base_model, "dataset": args.eval_dataset,
+                "max_new_tokens": max_new_tokens, "all_turns": args.all_turns, "tree": vars(tree_shape(args)),
+                "autoregressive": args.autoregressive, **sampling_kwargs(args)}
+    log = AnswerLog(args.output_file, settings)
     start = time.perf_counter()
-    for begin in range(0, len(prompts), args.batch_size):
-        batch = encoded[begin : begin + args.batch_size]
-        result = generator.generate(
-            batch, max_new_tokens=max_new_tokens, eos_token_id=tokenizer.eos_token_id, **sampling_kwargs(args)
-        )
-        for i, sequence in enumerate(result.sequences):
-            prompt = prompts[begin + i]
-            answers.append({
-                "id": prompt.get("question_id", prompt["id"]),
-                "category": prompt.get("category"),
-                "prompt": prompt["messages"][-1]["content"],
-                "answer": tokenizer.decode(sequence, skip_special_tokens=True),
-                "tokens": len(sequence),
-                "steps": result.steps_per_sequence[i],
-                "tau": result.accepted_per_sequence[i] / max(result.steps_per_sequence[i], 1),
-            })
-        steps += sum(result.steps_per_sequence)
-        accepted += sum(result.accepted_per_sequence)
-        tokens += result.num_generated_tokens
-        print(f"  {min(begin + args.batch_size, len(prompts))}/{len(prompts)} prompts, "
-              f"{tokens / (time.perf_counter() - start):.1f} tok/s", file=sys.stderr)
+    answers = answer_prompts(decoder, tokenizer, prompts, max_new_tokens, args.batch_size, sampling_kwargs(args),
+                             args.all_turns, log)
     seconds = time.perf_counter() - start
-    return {
-        "method": "autoregressive" if isinstance(generator, AutoregressiveGenerator) else "speculative",
+    tokens, steps = sum(a["tokens"] for a in answers), sum(a["steps"] for a in answers)
+    result = {
+        "method": "autoregressive" if isinstance(decoder, AutoregressiveGenerator) else "speculative",
         "prompts": len(prompts),
         "generated_tokens": tokens,
         "seconds": seconds,
-        "tokens_per_second": tokens / seconds,
-        "tau": accepted / steps if steps else 0.0,
+        "tokens_per_second": tokens / seconds if seconds else 0.0,
+        "tau": sum(a["accepted"] for a in answers) / steps if steps else 0.0,
         "batch_size": args.batch_size,
         "answers": answers,
     }
+    return result, log
 
 
 def run_compare(args: GenerationArguments, base, tokenizer, drafters: list, prompts, max_new_tokens: int) -> dict:
@@ -210,25 +234,39 @@ def run_compare(args: GenerationArguments, base, tokenizer, drafters: list, prom
     shape = tree_shape(args)
     summary = compare_drafters(
         base, tokenizer, dict(zip(names, drafters)), {name: shape for name in names}, prompts, config,
-        with_answers=True,
+        with_answers=True, allow_base_mismatch=args.allow_base_mismatch,
     )
     summary["drafters"] = dict(zip(names, args.speculator_path))
     return summary
 
 
+def check_modes(args: GenerationArguments) -> None:
+    """Contradicting or missing choices, refused before any model loads."""
+    if args.compare and not args.eval_mt_bench:
+        raise UsageError("--compare is part of --eval_mt_bench")
+    if args.compare and args.temperature > 0:
+        raise UsageError("--compare is a greedy benchmark; drop --temperature")
+    if args.compare and not args.speculator_path:
+        raise UsageError("--compare needs --speculator_path")
+    if len(args.speculator_path) > 1 and not args.compare:
+        raise UsageError("several --speculator_path values are only for --eval_mt_bench --compare")
+    if not args.speculator_path and not args.autoregressive:
+        if args.base_model not in (None, EMBEDDED_BASE_MODEL) or not DEFAULT_DRAFTER.is_dir():
+            raise UsageError("--speculator_path is required (or pass --autoregressive for plain decoding)")
+        args.speculator_path = [str(DEFAULT_DRAFTER)]  # the shipped drafter of the embedded model
+    if not (args.interactive or args.prompt is not None or args.eval_mt_bench):
+        raise UsageError("choose --interactive, --prompt TEXT or --eval_mt_bench")
+
+
 def main(argv: list[str]) -> None:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
-    (args,) = HfArgumentParser(GenerationArguments).parse_args_into_dataclasses(argv)
+    (args,) = HfArgumentParser(GenerationArguments, allow_abbrev=False).parse_args_into_dataclasses(argv)
+    check_modes(args)
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.compare and not args.eval_mt_bench:
-        raise SystemExit("error: --compare is part of --eval_mt_bench")
-    if args.compare and args.temperature > 0:
-        raise SystemExit("error: --compare is a greedy benchmark; drop --temperature")
     device = resolve_device(args.device)
     max_new_tokens = args.max_generation_length or (256 if device.type == "cuda" else 128)
-    if len(args.speculator_path) > 1 and not args.compare:
-        raise SystemExit("error: several --speculator_path values are only for --eval_mt_bench --compare")
+    prompts = load_prompts(args.eval_dataset, max_examples=args.max_num_prompts) if args.eval_mt_bench else []
     base, tokenizer, drafters = load_models(args, device)
     settings = {k: v for k, v in vars(args).items()}
     settings.update(max_new_tokens=max_new_tokens, device=str(device))
@@ -236,17 +274,12 @@ def main(argv: list[str]) -> None:
     if args.interactive or args.prompt is not None:
         run_chat(args, make_decoder(args, base, drafters), tokenizer, max_new_tokens)
         return
-    if not args.eval_mt_bench:
-        raise SystemExit("error: choose --interactive, --prompt TEXT or --eval_mt_bench")
-
-    prompts = load_prompts(args.eval_dataset, max_examples=args.max_num_prompts)
+    log = None
     if args.compare:
-        if not drafters:
-            raise SystemExit("error: --compare needs --speculator_path")
         result = run_compare(args, base, tokenizer, drafters, prompts, max_new_tokens)
         print(markdown_table(result))
     else:
-        result = run_answers(args, make_decoder(args, base, drafters), tokenizer, prompts, max_new_tokens)
+        result, log = run_answers(args, make_decoder(args, base, drafters), tokenizer, prompts, max_new_tokens)
         print(f"{result['method']}: {result['prompts']} prompts, {result['generated_tokens']} tokens in "
               f"{result['seconds']:.1f} s = {result['tokens_per_second']:.1f} tok/s, tau {result['tau']:.2f}")
     result["settings"] = settings
@@ -255,10 +288,12 @@ def main(argv: list[str]) -> None:
         write_json(args.output_file, result)
         print(f"Wrote {args.output_file}")
         if args.compare:
-            chart = args.chart_file or args.output_file.rsplit(".", 1)[0] + ".png"
+            chart = args.chart_file or os.path.splitext(args.output_file)[0] + ".png"
             plot_summary(result, chart, title=f"{len(prompts)} {args.eval_dataset} prompts, {max_new_tokens} tokens")
             print(f"Wrote {chart}")
+    if log is not None:
+        log.finish()
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(run_main(main))

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import sys
 
+from drafter.errors import run_main
 from drafter.training.cli import QUICK_PRESET, load_recipe, main, parse_arguments
 
 __all__ = ["QUICK_PRESET", "load_recipe", "main", "parse_arguments"]
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(run_main(main))

@@ -16,12 +16,15 @@ class ReplyStats:
     tokens: int
     seconds: float
     tau: float
+    interrupted: bool = False
 
     @property
     def tokens_per_second(self) -> float:
         return self.tokens / self.seconds if self.seconds else 0.0
 
     def line(self) -> str:
+        if self.interrupted:
+            return f"[interrupted after {self.tokens} tokens, {self.seconds:.2f} s]"
         return (f"[{self.tokens} tokens, {self.seconds:.2f} s, {self.tokens_per_second:.1f} tok/s, "
                 f"{self.tau:.2f} tokens/step]")
 
@@ -64,17 +67,20 @@ class ChatSession:
                 shown = text
 
         start = time.perf_counter()
-        result = self.generator.generate(
-            [prompt],
-            max_new_tokens=self.max_new_tokens,
-            eos_token_id=self.tokenizer.eos_token_id,
-            callback=on_tokens,
-            **self.generate_kwargs,
-        )
+        try:
+            result = self.generator.generate(
+                [prompt],
+                max_new_tokens=self.max_new_tokens,
+                eos_token_id=self.tokenizer.eos_token_id,
+                callback=on_tokens,
+                **self.generate_kwargs,
+            )
+            tokens, tau, interrupted = result.sequences[0], result.accepted_tokens_per_step, False
+        except KeyboardInterrupt:  # Ctrl-C stops this reply; the session (and what was shown) stays
+            tokens, tau, interrupted = produced, 0.0, True
         seconds = time.perf_counter() - start
-        answer = self.tokenizer.decode(result.sequences[0], skip_special_tokens=True)
+        answer = self.tokenizer.decode(tokens, skip_special_tokens=True)
         if len(answer) > len(shown):
             stream(answer[len(shown):])
         self.messages.append({"role": "assistant", "content": answer})
-        return ReplyStats(text=answer, tokens=len(result.sequences[0]), seconds=seconds,
-                          tau=result.accepted_tokens_per_step)
+        return ReplyStats(text=answer, tokens=len(tokens), seconds=seconds, tau=tau, interrupted=interrupted)

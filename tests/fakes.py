@@ -119,7 +119,7 @@ def last_hidden_states(model, tokens: Sequence[int]) -> torch.Tensor:
 class FakeDrafter(nn.Module):
     """What the fake drafters share: any base model is fine, and draft ids are base ids."""
 
-    def check_base_model(self, base_model) -> None:
+    def check_base_model(self, base_model, allow_weight_mismatch: bool = False) -> None:
         pass
 
     def to_base_ids(self, draft_ids: torch.Tensor) -> torch.Tensor:

@@ -194,10 +194,15 @@ def build_tokenized_datasets(
             }
         )
         if len(tokenized["train"]) == 0:
-            raise ValueError(
-                f"No training example of '{dataset_name}' has a trainable label"
-                + (" (with train_on_assistant_only, rows need an assistant reply)" if train_on_assistant_only else "")
-            )
+            replies = any(m["role"] == "assistant" for row in splits["train"] if "messages" in row
+                          for m in row["messages"])
+            reason = ""
+            if train_on_assistant_only and replies:
+                reason = (f" (every assistant reply starts after token {model_max_length}: raise --model_max_length "
+                          "or shorten the prompts)")
+            elif train_on_assistant_only:
+                reason = " (with train_on_assistant_only, rows need an assistant reply)"
+            raise ValueError(f"No training example of '{dataset_name}' has a trainable label{reason}")
         save_dataset_atomically(tokenized, cache_path)
         info = {"dataset_name": str(dataset_name), "params": params, "key": key}
         write_json(cache_path / "drafter_cache_info.json", info)

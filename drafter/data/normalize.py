@@ -93,12 +93,15 @@ def _detect_format(rows: List[Dict[str, Any]], source: str) -> Tuple[str, Option
         return "conversations", None
     if "text" in keys:
         return "text", None
+    if "turns" in keys:  # FastChat / Spec-Bench question files: question_id, category, turns (user messages)
+        return "turns", None
     for prompt_col, response_col in _PROMPT_RESPONSE_COLUMNS:
         if prompt_col in keys and response_col in keys:
             return "prompt_response", (prompt_col, response_col)
     raise DataSourceError(
         f"Cannot read conversations from '{source}': found columns {sorted(keys)}, expected 'messages' "
-        "(list of role/content), 'conversations' (ShareGPT from/value), 'text', or prompt/response columns "
+        "(list of role/content), 'conversations' (ShareGPT from/value), 'text', 'turns' (FastChat / Spec-Bench "
+        "questions), or prompt/response columns "
         f"{[list(pair) for pair in _PROMPT_RESPONSE_COLUMNS]}."
     )
 
@@ -111,7 +114,8 @@ def _row_id(row: Dict[str, Any], index: int) -> str:
 
 
 def _normalize_rows(rows: List[Dict[str, Any]], source: str, require_assistant: bool) -> Iterator[Dict[str, Any]]:
-    """Yield normalised rows (``id`` + ``messages`` or ``text``); unusable rows are skipped."""
+    """Yield normalised rows (``id`` + ``messages`` or ``text``; question files also ``turns`` and
+    ``category``, their first turn as ``messages``); unusable rows are skipped."""
     fmt, columns = _detect_format(rows, source)
     for index, row in enumerate(rows):
         if not isinstance(row, dict):
@@ -120,6 +124,12 @@ def _normalize_rows(rows: List[Dict[str, Any]], source: str, require_assistant: 
             text = row.get("text")
             if isinstance(text, str) and text.strip():
                 yield {"id": _row_id(row, index), "text": text}
+            continue
+        if fmt == "turns":
+            questions = [_content_text(t) for t in row.get("turns") or [] if _content_text(t).strip()]
+            if questions:
+                yield {"id": _row_id(row, index), "messages": [{"role": "user", "content": questions[0]}],
+                       "turns": questions, "category": str(row.get("category") or "")}
             continue
         if fmt in ("messages", "conversations"):
             turns = row.get(fmt)
@@ -141,6 +151,9 @@ CHAT_FEATURES = datasets.Features(
         "messages": [{"role": datasets.Value("string"), "content": datasets.Value("string")}],
     }
 )
+QUESTION_FEATURES = datasets.Features(
+    {**CHAT_FEATURES, "turns": [datasets.Value("string")], "category": datasets.Value("string")}
+)
 _TEXT_FEATURES = datasets.Features({"id": datasets.Value("string"), "text": datasets.Value("string")})
 
 
@@ -154,5 +167,10 @@ def rows_to_dataset(rows: List[Dict[str, Any]], source: str, require_assistant: 
     dropped = len(rows) - len(normalized)
     if dropped:
         logger.info("%s: dropped %d of %d rows (empty, or no usable turns)", source, dropped, len(rows))
-    features = _TEXT_FEATURES if "text" in normalized[0] else CHAT_FEATURES
+    if "text" in normalized[0]:
+        features = _TEXT_FEATURES
+    elif "turns" in normalized[0]:
+        features = QUESTION_FEATURES
+    else:
+        features = CHAT_FEATURES
     return datasets.Dataset.from_list(normalized, features=features)

@@ -210,8 +210,13 @@ def _read_local_rows(path: Path) -> List[Dict[str, Any]]:
         return pq.read_table(path).to_pylist()
     if suffix == ".jsonl":
         rows = []
-        with open(path, "r", encoding="utf-8") as f:
-            for line_number, line in enumerate(f, start=1):
+        with open(path, "rb") as f:
+            for line_number, raw in enumerate(f, start=1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as error:
+                    raise DataSourceError(f"'{path}' line {line_number} is not UTF-8 ({error.reason} at byte "
+                                          f"{error.start}); re-encode the file as UTF-8") from None
                 if not line.strip():
                     continue
                 try:
@@ -219,6 +224,9 @@ def _read_local_rows(path: Path) -> List[Dict[str, Any]]:
                 except json.JSONDecodeError as error:
                     raise DataSourceError(f"'{path}' line {line_number} is not valid JSON: {error}") from error
         return rows
-    return _read_json_records(path)
+    try:
+        return _read_json_records(path)
+    except UnicodeDecodeError as error:
+        raise DataSourceError(f"'{path}' is not UTF-8 ({error.reason} at byte {error.start}); re-encode it") from None
 
 

@@ -7,6 +7,7 @@ of a training batch), and only to the rows of the vocabulary that are needed (a 
 
 from __future__ import annotations
 
+import weakref
 from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -17,6 +18,8 @@ from .dtypes import at_least_float32
 from .kv_cache import SlotKVCache, prefill_mask
 
 Prompts = Union[Sequence[Sequence[int]], torch.Tensor]
+# The frozen base model's fingerprint, computed once per model object (hashing the embeddings takes ~0.5 s).
+_FINGERPRINTS: "weakref.WeakKeyDictionary[PreTrainedModel, str]" = weakref.WeakKeyDictionary()
 
 
 def normalize_prompts(prompts: Prompts, attention_mask: Optional[torch.Tensor] = None) -> List[List[int]]:
@@ -130,9 +133,17 @@ class BaseLM:
         config = self.model.config.to_dict()
         for volatile in ("name_or_path", "_name_or_path", "transformers_version", "torch_dtype", "dtype"):
             config.pop(volatile, None)
+        cached = _FINGERPRINTS.get(self.model)
+        if cached is not None:
+            return cached
+        # Hashed as bfloat16 (as int16 bits: numpy has no bfloat16), so the same checkpoint loaded in float32 or
+        # bfloat16 has one fingerprint.
         tensors = (self.embed_tokens.weight, self.lm_head.weight)
-        weights = fingerprint_bytes(t.detach().float().cpu().contiguous().numpy().tobytes() for t in tensors)
-        return fingerprint({"config": config, "weights": weights})
+        weights = fingerprint_bytes(
+            t.detach().to(torch.bfloat16).view(torch.int16).cpu().contiguous().numpy().tobytes() for t in tensors
+        )
+        _FINGERPRINTS[self.model] = value = fingerprint({"config": config, "weights": weights})
+        return value
 
     def forward(
         self,

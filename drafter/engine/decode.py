@@ -89,6 +89,17 @@ class BatchedDecoder:
         first = select_tokens(self.lm.logits(hidden), sampling, rng)
         return DecodingState(cache=cache, hidden=hidden, next_tokens=first, rows=list(range(len(prompts))), rng=rng)
 
+    def _check_positions(self, prompts: List[List[int]], max_new_tokens: int) -> None:
+        """Refuse prompts the base model has no positions for (it would decode garbage, silently)."""
+        positions = getattr(self.base_model.config.get_text_config(), "max_position_embeddings", None)
+        longest = max(len(p) for p in prompts)
+        # A verification step may look num_draft_steps tokens past the last one kept.
+        if positions and longest + max(max_new_tokens, 0) + self.num_draft_steps > positions:
+            raise ValueError(
+                f"a prompt of {longest} tokens plus {max_new_tokens} new tokens exceeds the base model's {positions} "
+                "positions; shorten the prompt or ask for fewer new tokens"
+            )
+
     def _check_modes(self) -> None:
         if self.base_model.training:
             warnings.warn("base model is in training mode (dropout on): call .eval() for exact decoding", stacklevel=3)
@@ -126,6 +137,7 @@ class BatchedDecoder:
             profile: synchronize the device at phase boundaries so `result.timing` is exact (slower on GPU).
         """
         prompt_lists = normalize_prompts(prompts, attention_mask)
+        self._check_positions(prompt_lists, max_new_tokens)
         sampling = SamplingConfig(temperature=temperature or 0.0, top_k=top_k, top_p=top_p)
         device = self.lm.device
         rng: Randomness = None

@@ -73,7 +73,18 @@ def resolve_model_path(name_or_path: str) -> Tuple[str, dict]:
         if not path.is_file():
             raise FileNotFoundError(f"GGUF file not found: {name_or_path}")
         return str(path.parent), {"gguf_file": path.name}
-    return name_or_path, {}
+    looks_local = _looks_like_a_path(name_or_path)
+    if looks_local and not Path(name_or_path).expanduser().exists():
+        raise FileNotFoundError(f"No model at '{name_or_path}': not an existing folder, .gguf file, or hub id "
+                                f"(owner/name); the embedded default is '{EMBEDDED_BASE_MODEL}'")
+    return str(Path(name_or_path).expanduser()) if looks_local else name_or_path, {}
+
+
+def _looks_like_a_path(name: str) -> bool:
+    """Hub ids are owner/name; an absolute or relative path, a deeper one, or one under an existing folder is not."""
+    if name.startswith((".", "/", "~")) or name.count("/") > 1:
+        return True
+    return "/" in name and Path(name).expanduser().parent.exists()
 
 
 def _load_dtype(dtype: Union[str, torch.dtype, None]) -> Union[str, torch.dtype]:

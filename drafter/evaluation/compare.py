@@ -23,10 +23,13 @@ class TreeShape:
     top_k_tokens_per_head: Optional[Sequence[int]] = None
     n_candidates: Optional[int] = None
 
-    def speculator(self, base: PreTrainedModel, drafter: Any) -> SpeculativeGenerator:
+    def speculator(
+        self, base: PreTrainedModel, drafter: Any, allow_base_mismatch: bool = False
+    ) -> SpeculativeGenerator:
         return SpeculativeGenerator(
             base, drafter, beam_width=self.beam_width, beam_length=self.beam_length,
             top_k_tokens_per_head=self.top_k_tokens_per_head, n_candidates=self.n_candidates,
+            allow_base_mismatch=allow_base_mismatch,
         )
 
 
@@ -39,13 +42,15 @@ def compare_drafters(
     config: BenchmarkConfig,
     progress: bool = True,
     with_answers: bool = False,
+    allow_base_mismatch: bool = False,
 ) -> dict[str, Any]:
     """Benchmark every drafter (name -> drafter, drafted with `shapes[name]`) against the baselines.
 
     Returns `SpeedBenchmark.summary()`; with `with_answers`, also per prompt the reference answer and, per
     drafter, whether its answer was identical and its tau.
     """
-    speculators = {name: shapes[name].speculator(base, drafter) for name, drafter in drafters.items()}
+    speculators = {name: shapes[name].speculator(base, drafter, allow_base_mismatch)
+                   for name, drafter in drafters.items()}
     benchmark = SpeedBenchmark(base, speculators, tokenizer.eos_token_id, tokenizer.pad_token_id, config)
     benchmark.run(encode_chat_prompts(tokenizer, prompts), progress=progress)
     summary = benchmark.summary()

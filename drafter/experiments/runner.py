@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from ..store import fingerprint, fingerprint_file, read_jsonl_rows, write_json, write_jsonl
-from .grid import Cell, ExperimentGrid
+from .grid import Cell, ExperimentGrid, GridError
 from .processes import run_logged
 
 logger = logging.getLogger(__name__)
@@ -291,16 +291,27 @@ class ExperimentRunner:
                 f"cells trained or started with other arguments than the grid now gives: {changed}; delete "
                 f"their folders under {self.grid.root / 'cells'} to retrain them, or restore the grid file"
             )
+
+    def check_cell_arguments(self) -> None:
+        """Unknown, mistyped or out-of-range training arguments fail now (also in a dry run), not hours into the
+        sweep."""
         from transformers import HfArgumentParser
 
-        from ..training.arguments import DataArguments, DrafterTrainingArguments, ModelArguments
+        from ..training.arguments import (
+            DataArguments,
+            DrafterTrainingArguments,
+            ModelArguments,
+            coerce_argument_types,
+            validate_arguments,
+        )
 
         parser = HfArgumentParser((ModelArguments, DataArguments, DrafterTrainingArguments))
-        for cell in self.cells:  # unknown or mistyped training arguments fail now, not hours into the sweep
+        for cell in self.cells:
             try:
-                parser.parse_dict(self.cell_arguments(cell), allow_extra_keys=False)
+                validate_arguments(*parser.parse_dict(coerce_argument_types(self.cell_arguments(cell)),
+                                                      allow_extra_keys=False))
             except (ValueError, TypeError) as error:
-                raise RuntimeError(f"cell {cell.name}: invalid training arguments: {error}") from error
+                raise GridError(f"cell {cell.name}: invalid training arguments: {error}") from None
 
     def _estimate_train(self, cell: Cell) -> float:
         arguments = self.cell_arguments(cell)
@@ -333,6 +344,7 @@ class ExperimentRunner:
     # ------------------------------------------------------------------------------------------ running
 
     def run(self, dry_run: bool = False) -> list[Step]:
+        self.check_cell_arguments()
         steps = self.plan()
         self._say(format_plan(self.grid, steps))
         if dry_run:

@@ -13,6 +13,7 @@ import logging
 import sys
 from typing import Optional, Sequence
 
+from ..errors import run_main
 from . import FORMATS, ExportError, export_speculator, load_exported
 
 
@@ -21,7 +22,9 @@ def _int_list(text: str) -> list[int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m drafter.export", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m drafter.export", description=__doc__.split("\n\n")[0], allow_abbrev=False
+    )
     parser.add_argument("--format", choices=FORMATS, default="arctic")
     parser.add_argument("--speculator_path", help="a speculator saved by train_speculator.py (save_pretrained)")
     parser.add_argument("--output_dir", help="folder to write config.json + model.safetensors into")
@@ -74,4 +77,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

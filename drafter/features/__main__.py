@@ -9,6 +9,7 @@ import time
 from typing import Optional, Sequence
 
 from ..engine.loading import EMBEDDED_BASE_MODEL
+from ..errors import run_main
 from .build import FeatureSpec
 
 
@@ -71,4 +72,4 @@ def main(argv: Optional[Sequence[str]] = None):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(run_main(main))

@@ -46,6 +46,8 @@ class SpeculativeGenerator(BatchedDecoder):
             node expanding its own top-k, 24 candidates; [1] * n is a single greedy chain. Sets
             beam_length = len + 1 and beam_width = the number of candidates (beam_width/beam_length are ignored).
         n_candidates: with top_k_tokens_per_head, keep only the best this many candidates (default: all).
+        allow_base_mismatch: accept a base whose weights differ from those the drafter recorded (same shapes);
+            decoding stays lossless, only acceptance suffers.
     """
 
     def __init__(
@@ -57,9 +59,10 @@ class SpeculativeGenerator(BatchedDecoder):
         static_tree_size: bool = False,
         top_k_tokens_per_head: Optional[Sequence[int]] = None,
         n_candidates: Optional[int] = None,
+        allow_base_mismatch: bool = False,
     ):
         super().__init__(base_model)
-        drafter.check_base_model(base_model)
+        drafter.check_base_model(base_model, allow_weight_mismatch=allow_base_mismatch)
         self.top_k_tokens_per_head = None
         self.n_candidates = n_candidates
         if top_k_tokens_per_head is not None:

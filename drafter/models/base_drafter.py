@@ -20,6 +20,8 @@ class DrafterConfig(PretrainedConfig):
         base_model_name_or_path: the base model the drafter was trained against.
         draft_vocab_size: when set, the drafter predicts over this many base tokens only; the
             draft-to-base map is stored with the weights (``draft_to_base`` buffer).
+        base_model_fingerprint: `BaseLM.fingerprint()` of the base trained against (config + embedding and
+            output weights); a base of the same shapes with other weights is refused.
     """
 
     def __init__(
@@ -28,12 +30,14 @@ class DrafterConfig(PretrainedConfig):
         vocab_size: int = 49152,
         base_model_name_or_path: Optional[str] = None,
         draft_vocab_size: Optional[int] = None,
+        base_model_fingerprint: Optional[str] = None,
         **kwargs,
     ):
         self.hidden_size = hidden_size
         self.vocab_size = vocab_size
         self.base_model_name_or_path = base_model_name_or_path
         self.draft_vocab_size = draft_vocab_size
+        self.base_model_fingerprint = base_model_fingerprint
         super().__init__(**kwargs)
 
     @property
@@ -167,20 +171,29 @@ class DrafterPreTrainedModel(PreTrainedModel):
         return torch.where(valid & (mapped >= 0), mapped, torch.full_like(mapped, ignore_index))
 
     # ----------------------------------------------------------------- base compatibility
-    def check_base_model(self, base_model: PreTrainedModel) -> None:
-        """Fail with a clear message when `base_model` is not the kind of model this drafter was built for."""
+    def check_base_model(self, base_model: PreTrainedModel, allow_weight_mismatch: bool = False) -> None:
+        """Fail with a clear message when `base_model` is not the model this drafter was built for: other
+        shapes always, other weights (a recorded fingerprint that differs) unless `allow_weight_mismatch`."""
         lm = BaseLM(base_model)
-        base_hidden, base_vocab = lm.hidden_size, lm.vocab_size
         problems = []
-        if base_hidden != self.config.hidden_size:
-            problems.append(f"hidden size {base_hidden} != drafter's {self.config.hidden_size}")
-        if base_vocab != self.config.vocab_size:
-            problems.append(f"vocabulary size {base_vocab} != drafter's {self.config.vocab_size}")
+        if lm.hidden_size != self.config.hidden_size:
+            problems.append(f"hidden size {lm.hidden_size} != drafter's {self.config.hidden_size}")
+        if lm.vocab_size != self.config.vocab_size:
+            problems.append(f"vocabulary size {lm.vocab_size} != drafter's {self.config.vocab_size}")
+        recorded = getattr(self.config, "base_model_fingerprint", None)
+        if not problems and recorded and not allow_weight_mismatch and lm.fingerprint() != recorded:
+            problems.append("its weights differ from those the drafter was trained on (another checkpoint of the "
+                            "same shapes); pass --allow_base_mismatch to use it anyway")
         if problems:
             raise DrafterMismatchError(
                 f"Drafter trained for base model '{self.config.base_model_name_or_path}' cannot run on "
                 f"'{base_model.config.name_or_path}': " + "; ".join(problems)
             )
+
+    def record_base_model(self, name_or_path: str, fingerprint: str) -> None:
+        """The base this drafter is (further) trained against, saved with it."""
+        self.config.base_model_name_or_path = name_or_path
+        self.config.base_model_fingerprint = fingerprint
 
 
 def _inverse_map(draft_to_base: torch.Tensor, vocab_size: int) -> torch.Tensor:

@@ -95,7 +95,9 @@ def generate_with_vllm(
     """vLLM offline engine; requests are sent in chunks so finished rows reach the shard file as it goes."""
     from vllm import SamplingParams
 
-    chunk = max(batch_size, 256)  # vLLM batches internally; the chunk only bounds lost work on a kill
+    # vLLM batches continuously within a chunk; a chunk's rows are written when it ends, so the chunk bounds the
+    # work a kill loses (64 requests keep a CPU core busy).
+    chunk = max(batch_size, 64)
     for start in range(0, len(jobs), chunk):
         part = jobs[start : start + chunk]
         params = [

@@ -189,7 +189,9 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     from ..data.sources import load_conversations
     from ..engine.loading import EMBEDDED_BASE_MODEL, load_base_model, load_tokenizer
 
-    parser = argparse.ArgumentParser(prog="python -m drafter.teacher.distill", description=main.__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m drafter.teacher.distill", description=main.__doc__, allow_abbrev=False
+    )
     parser.add_argument("--dataset_name", default="sharegpt")
     parser.add_argument("--max_examples", type=int, default=20)
     parser.add_argument("--data_seed", type=int, default=0)

@@ -46,6 +46,7 @@ import torch
 from ..engine.base_lm import stop_token_ids
 from ..engine.loading import EMBEDDED_BASE_MODEL
 from ..engine.sampling import row_seed
+from ..errors import run_main
 from ..store import ShardAppender, shard_file_name
 from .backends import (
     generate_with_transformers,
@@ -248,6 +249,7 @@ def _merge_if_complete(output_dir: Path, ids: Sequence[str], changed: bool) -> O
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
+        allow_abbrev=False,
         prog="python -m drafter.teacher.generate",
         description="Regenerate a dataset's answers with the base model (self-distillation data for drafters).",
     )
@@ -295,6 +297,11 @@ def main(argv: Optional[Sequence[str]] = None) -> TeacherGenerationResult | Path
         seed=args.seed,
         max_prompt_tokens=args.max_prompt_tokens,
     )
+    if args.batch_size < 1:
+        raise ValueError(f"--batch_size {args.batch_size}: must be >= 1")
+    if args.max_examples is not None and args.max_examples < 1:
+        raise ValueError(f"--max_examples {args.max_examples}: must be >= 1")
+    shard_indices(0, args.num_shards, args.shard_index)  # a bad shard pair fails before anything loads
     backend = resolve_backend(args.backend)
     dtype_label = args.dtype or "float32"
     output_dir = Path(args.output_dir) if args.output_dir else teacher_cache_dir(
@@ -361,4 +368,4 @@ def _reexec_with_vllm_cpu_environment(argv: List[str], num_threads: Optional[int
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_main(main))

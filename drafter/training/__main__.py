@@ -1,5 +1,8 @@
 """`python -m drafter.training ...` = `python train_speculator.py ...`."""
 
+import sys
+
+from ..errors import run_main
 from .cli import main
 
-main()
+sys.exit(run_main(main))

@@ -60,6 +60,11 @@ class ModelArguments:
                   "float32), float32, bfloat16, float16."},
     )
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom model code from the hub."})
+    allow_base_mismatch: bool = field(
+        default=False,
+        metadata={"help": "Continue training a --drafter_name_or_path made for another base model of the same "
+                  "shapes (the drafter then records this base)."},
+    )
 
 
 @dataclass
@@ -116,9 +121,19 @@ class DrafterTrainingArguments(TrainingArguments):
         metadata={"help": "Time budget: stop after the step that ends past it (then save and evaluate). Counts "
                   "the training loop, over resumes too; max_steps / epochs still cap it."},
     )
+    max_run_minutes: Optional[float] = field(
+        default=None,
+        metadata={"help": "Budget of the whole command (loading, data, training, saving, evaluation): training "
+                  "gets what is left when it starts, less a reserve for saving and evaluation."},
+    )
     remove_unused_columns: bool = field(default=False, metadata={"help": "Kept False: the drafter needs labels."})
     report_to: Optional[list[str]] = field(
         default_factory=lambda: ["none"], metadata={"help": "tensorboard, wandb, ... (default none)."}
+    )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Train into an --output_dir that already holds a drafter or checkpoints (they are "
+                  "removed first); otherwise such a run is refused (resume it with --resume_from_checkpoint)."},
     )
 
 
@@ -207,7 +222,7 @@ def flatten_recipe(recipe: dict) -> dict:
             if source == "top level" and key in RECIPE_IGNORED_KEYS:
                 continue
             put(_TRAINING_ALIASES.get(key, key), value, source)
-    return _coerce_recipe_types(flat)
+    return coerce_argument_types(flat)
 
 
 def _put_checkpoint(checkpoint, put) -> None:
@@ -248,8 +263,12 @@ def _put_optimization(optimizer, scheduler, put) -> None:
         put(key, value, "scheduler")
 
 
-def _coerce_recipe_types(flat: dict) -> dict:
-    """Strings -> int / float / bool where the argument field has that type."""
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+def coerce_argument_types(flat: dict) -> dict:
+    """Recipe values converted to their argument's type (YAML reads `1e-3` and ArcticTraining's `"4096"` dims as
+    strings); a value that is not of its argument's type raises a ValueError naming the key."""
     import dataclasses
     import typing
 
@@ -263,19 +282,68 @@ def _coerce_recipe_types(flat: dict) -> dict:
         args = [a for a in typing.get_args(kind) if a is not type(None)]
         if typing.get_origin(kind) is typing.Union and len(args) == 1:
             kind = args[0]
-        if isinstance(value, str):
-            if kind is float:
-                value = float(value)
-            elif kind is int:
-                try:
-                    number = float(value)
-                except ValueError:
-                    number = None
-                if number is None or not number.is_integer():
-                    hint = " (ArcticTraining's dotted multi-layer dims are not supported)" if "." in value else ""
-                    raise ValueError(f"{key}={value!r} is not an integer{hint}")
-                value = int(number)
-            elif kind is bool:
-                value = value.strip().lower() in ("1", "true", "yes", "on")
+        if value is not None and kind in (int, float, bool):
+            value = _as_type(key, value, kind)
         out[key] = value
     return out
+
+
+def _as_type(key: str, value, kind: type):
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in _TRUE or text in _FALSE:
+            return text in _TRUE
+        raise ValueError(f"{key}={value!r} is not true/false")
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ValueError(f"{key}={value!r} is not a number")
+    try:
+        number = float(value)
+    except ValueError:
+        raise ValueError(f"{key}={value!r} is not a number") from None
+    if kind is float:
+        return number
+    if not number.is_integer():
+        hint = " (ArcticTraining's dotted multi-layer dims are not supported)" if "." in str(value) else ""
+        raise ValueError(f"{key}={value!r} is not an integer{hint}")
+    return int(number)
+
+
+# (argument, test, rule) for every bounded numeric argument; None means "not set" and always passes.
+_RANGES = (
+    ("drafter_num_layers", lambda v: v >= 0, ">= 0"),
+    ("exit_dim_multiplier", lambda v: v > 0, "> 0"),
+    ("drafter_predict_n_tokens", lambda v: v >= 1, ">= 1"),
+    ("n_speculator_heads", lambda v: v >= 1, ">= 1"),
+    ("speculator_width", lambda v: v >= 1, ">= 1"),
+    ("draft_vocab_size", lambda v: v >= 1, ">= 1 (unset for the full vocabulary)"),
+    ("model_max_length", lambda v: v >= 2, ">= 2"),
+    ("max_train_examples", lambda v: v >= 1, ">= 1"),
+    ("num_eval_examples", lambda v: v >= 0, ">= 0"),
+    ("distill_num_future_tokens", lambda v: v >= 2, ">= 2 (the base's next token and at least one to draft)"),
+    ("distill_temperature", lambda v: v >= 0, ">= 0 (0 = greedy)"),
+    ("distill_max_examples", lambda v: v >= 1, ">= 1"),
+    ("distill_batch_size", lambda v: v >= 1, ">= 1"),
+    ("kd_temperature", lambda v: v > 0, "> 0"),
+    ("kd_alpha", lambda v: 0 <= v <= 1, "in [0, 1]"),
+    ("drafter_loss_decay", lambda v: v > 0, "> 0"),
+    ("eval_top_k", lambda v: v >= 1, ">= 1"),
+    ("max_train_minutes", lambda v: v > 0, "> 0"),
+    ("max_run_minutes", lambda v: v > 0, "> 0"),
+    ("per_device_train_batch_size", lambda v: v >= 1, ">= 1"),
+    ("per_device_eval_batch_size", lambda v: v >= 1, ">= 1"),
+    ("gradient_accumulation_steps", lambda v: v >= 1, ">= 1"),
+    ("learning_rate", lambda v: v > 0, "> 0"),
+)
+
+
+def validate_arguments(*argument_sets) -> None:
+    """Refuse, before anything loads, a numeric argument out of its range (ValueError naming it and the rule)."""
+    values = {k: v for args in argument_sets for k, v in vars(args).items()}
+    for key, valid, rule in _RANGES:
+        value = values.get(key)
+        if value is not None and not valid(value):
+            raise ValueError(f"--{key} {value}: must be {rule}")
+    if values.get("base_dtype") is not None:
+        canonical_dtype_name(values["base_dtype"])  # an unknown name fails here

@@ -59,6 +59,34 @@ class TrainingClock(TrainerCallback):
                 json.dump({"train_seconds": self.total_seconds, "global_step": state.global_step}, f)
 
 
+def seconds_since_process_start() -> float:
+    """Wall seconds since this process started (Linux: from /proc, so interpreter start-up and imports count);
+    elsewhere, since this module was imported."""
+    try:
+        with open("/proc/self/stat") as f:
+            start_ticks = float(f.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        return max(0.0, uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return time.monotonic() - _IMPORTED
+
+
+def training_budget_seconds(max_train_minutes: Optional[float], max_run_minutes: Optional[float]) -> Optional[float]:
+    """The training loop's budget: --max_train_minutes, capped by what --max_run_minutes leaves after what the run
+    has spent so far and a reserve for saving and evaluation (15 s or a tenth of the run, the larger)."""
+    budgets = []
+    if max_train_minutes is not None:
+        budgets.append(max_train_minutes * 60)
+    if max_run_minutes is not None:
+        reserve = max(15.0, 6.0 * max_run_minutes)
+        budgets.append(max(0.0, max_run_minutes * 60 - seconds_since_process_start() - reserve))
+    return min(budgets) if budgets else None
+
+
+_IMPORTED = time.monotonic()
+
+
 def seconds_recorded_in(checkpoint: Optional[str]) -> float:
     """Training seconds up to `checkpoint` (0 for none, or for a checkpoint written without a clock)."""
     if not checkpoint:

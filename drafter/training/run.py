@@ -5,18 +5,20 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
+from pathlib import Path
 from typing import Optional
 
 from transformers import PreTrainedModel
-from transformers.trainer_utils import get_last_checkpoint
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
 from ..data import DataCollatorForDrafter, build_tokenized_datasets
 from ..engine.base_lm import BaseLM
-from ..engine.loading import load_base_model, load_tokenizer
+from ..engine.loading import base_model_config, load_base_model, load_tokenizer
 from ..models import AutoDrafter, DrafterConfig, DrafterPreTrainedModel, get_family
 from ..store import cache_root, fingerprint, save_dataset_atomically
 from .arguments import DataArguments, DrafterTrainingArguments, ModelArguments
-from .clock import TrainingClock
+from .clock import TrainingClock, seconds_since_process_start, training_budget_seconds
 from .draft_vocab import count_target_tokens, select_draft_vocabulary
 from .trainer import DrafterTrainer
 
@@ -34,14 +36,31 @@ def base_dtype(model_args: ModelArguments, training_args: DrafterTrainingArgumen
     return "float32"
 
 
-def build_drafter(model_args: ModelArguments, base: PreTrainedModel) -> DrafterPreTrainedModel:
-    """A fresh drafter sized for `base`, or the saved one named by --drafter_name_or_path."""
-    if model_args.drafter_name_or_path:
-        drafter = AutoDrafter.from_pretrained(model_args.drafter_name_or_path)
-    else:
-        drafter = AutoDrafter.from_config(drafter_config(model_args, base))
-    drafter.check_base_model(base)
+def build_drafter(model_args: ModelArguments, base: PreTrainedModel, training: bool = True) -> DrafterPreTrainedModel:
+    """A fresh drafter sized for `base`, or the saved one named by --drafter_name_or_path (which, trained further
+    on another base with --allow_base_mismatch, then records that base)."""
+    if not model_args.drafter_name_or_path:
+        return AutoDrafter.from_config(drafter_config(model_args, base))
+    drafter = AutoDrafter.from_pretrained(model_args.drafter_name_or_path)
+    drafter.check_base_model(base, allow_weight_mismatch=model_args.allow_base_mismatch)
+    if training:
+        drafter.record_base_model(model_args.llm_name_or_path, BaseLM(base).fingerprint())
     return drafter
+
+
+def prepare_output_dir(training_args: DrafterTrainingArguments) -> None:
+    """Refuse to train over an earlier drafter or its checkpoints unless asked to replace (their files are then
+    removed first, so no stale checkpoint stays beside new ones) or to resume them."""
+    folder = Path(training_args.output_dir)
+    earlier = [p for p in folder.glob("*") if p.name in ("config.json", "model.safetensors")
+               or p.name.startswith(f"{PREFIX_CHECKPOINT_DIR}-")] if folder.is_dir() else []
+    if not earlier or training_args.resume_from_checkpoint:
+        return
+    if not training_args.overwrite_output_dir:
+        raise ValueError(f"--output_dir {folder} already holds a drafter or checkpoints; pass --overwrite_output_dir "
+                         "to replace them or --resume_from_checkpoint True to continue that run")
+    for path in earlier:
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
 
 
 def drafter_config(model_args: ModelArguments, base: PreTrainedModel) -> DrafterConfig:
@@ -52,6 +71,7 @@ def drafter_config(model_args: ModelArguments, base: PreTrainedModel) -> Drafter
         hidden_size=lm.hidden_size,
         vocab_size=lm.vocab_size,
         base_model_name_or_path=model_args.llm_name_or_path,
+        base_model_fingerprint=lm.fingerprint(),
         draft_vocab_size=model_args.draft_vocab_size,
     )
 
@@ -121,6 +141,13 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Dra
         raise ValueError("--phase eval needs --drafter_name_or_path")
     if data_args.use_distilled_dataset and training_args.use_knowledge_distillation:
         raise ValueError("--use_distilled_dataset and --use_knowledge_distillation cannot be combined")
+    if training_args.phase == "train":
+        prepare_output_dir(training_args)
+    if model_args.draft_vocab_size is not None and not model_args.drafter_name_or_path:
+        vocab = base_model_config(model_args.llm_name_or_path, model_args.trust_remote_code).get_text_config()
+        if model_args.draft_vocab_size > vocab.vocab_size:
+            raise ValueError(f"--draft_vocab_size {model_args.draft_vocab_size} exceeds the base model's vocabulary "
+                             f"of {vocab.vocab_size} tokens (unset it for the full vocabulary)")
     tokenizer = load_tokenizer(model_args.llm_name_or_path, trust_remote_code=model_args.trust_remote_code)
     base = load_base_model(
         model_args.llm_name_or_path,
@@ -128,7 +155,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Dra
         trust_remote_code=model_args.trust_remote_code,
     )
     datasets = training_data(tokenizer, base, data_args, training_args.seed)
-    drafter = build_drafter(model_args, base)
+    drafter = build_drafter(model_args, base, training=training_args.phase == "train")
     summary: dict = {"drafter_parameters": sum(p.numel() for p in drafter.parameters())}
     # Counted on the whole training split, before a distilled subset replaces it: with the distilled dataset
     # only --distill_max_examples conversations train, too few to rank a vocabulary of thousands of tokens.
@@ -159,7 +186,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Dra
     )
     if training_args.phase == "train":
         checkpoint = _resolve_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir)
-        budget = training_args.max_train_minutes * 60 if training_args.max_train_minutes is not None else None
+        budget = training_budget_seconds(training_args.max_train_minutes, training_args.max_run_minutes)
         clock = TrainingClock(resumed_from=checkpoint, budget_seconds=budget)
         trainer.add_callback(clock)
         train_output = trainer.train(resume_from_checkpoint=checkpoint)
@@ -186,6 +213,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Dra
         print(f"\nDrafter evaluation on {len(datasets['eval'])} held-out '{data_args.dataset_name}' examples:\n")
         print(accuracy_table)
         print(f"\nResults written to {os.path.join(training_args.output_dir, 'drafter_eval.json')}")
+        print(f"Wall time of this command: {seconds_since_process_start():.0f} s")
     return summary
 
 

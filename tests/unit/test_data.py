@@ -25,7 +25,7 @@ from drafter.data import (
     tokenize_text,
 )
 from drafter.data.builtin import iter_json_array
-from tests.fakes import smollm2_tokenizer
+from tests.fakes import REPO_ROOT, smollm2_tokenizer
 
 MTBENCH_PATH = Path(builtin_module.__file__).parent / "files" / "mt_bench_questions.jsonl"
 
@@ -352,3 +352,20 @@ def test_collator_pads_right():
     assert batch["labels"].tolist() == [[-100, 6, 7], [8, -100, -100]]
     padded = DataCollatorForDrafter(pad_token_id=0, pad_to_multiple_of=8)([{"input_ids": torch.tensor([1, 2])}])
     assert padded["input_ids"].shape == (1, 8) and "labels" not in padded
+
+
+def test_benchmark_questions_are_kept_out_of_teacher_prompts():
+    from drafter.data.sources import exclude_prompts_of
+
+    questions = [row["turns"] for row in load_conversations("mtbench")]
+    prompts = [
+        {"id": "clean", "messages": [{"role": "user", "content": "Explain KV caches."}]},
+        {"id": "first", "messages": [{"role": "user", "content": questions[3][0]}]},
+        {"id": "second-turn", "messages": [{"role": "user", "content": "  " + questions[10][1].upper()}]},
+        {"id": "quoted", "messages": [{"role": "system", "content": "Be brief."},
+                                      {"role": "user", "content": "Please answer: " + questions[42][0] + " Thanks"}]},
+    ]
+    kept, dropped = exclude_prompts_of(prompts, "mtbench")
+    assert [p["id"] for p in kept] == ["clean"] and dropped == 3
+    recipe = (REPO_ROOT / "scripts" / "strong_drafter.sh").read_text()
+    assert "--exclude_dataset mtbench" in recipe  # the shipped drafter's teacher prompts exclude the benchmark

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# The recipe for the shipped default drafter of the embedded model (SmolLM2-135M-Instruct), in four resumable
+# stages; re-running skips what is done. Every stage can be stopped and run again.
+#   1. teacher data: the base model's own greedy answers to ShareGPT prompts (MT-Bench's questions excluded),
+#      vLLM when .venv-vllm exists (bash scripts/bootstrap_vllm.sh), else the toolkit's own decoder;
+#      TEACHER_SHARDS processes, one per core;
+#   2. feature cache of those chats (the base runs once);
+#   3. training from the cache, many epochs, within TRAIN_MINUTES;
+#   4. the 80-prompt MT-Bench comparison against transformers generate.
+# Environment: OUT (outputs/strong-drafter), TEACHER_EXAMPLES (8000), TEACHER_SHARDS (2), TRAIN_MINUTES (60).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-outputs/strong-drafter}
+TEACHER=${TEACHER:-outputs/teacher/smollm2-sharegpt-greedy-256}
+TEACHER_EXAMPLES=${TEACHER_EXAMPLES:-8000}
+TEACHER_SHARDS=${TEACHER_SHARDS:-2}
+TRAIN_MINUTES=${TRAIN_MINUTES:-60}
+PY=.venv/bin/python
+GEN_PY=$PY
+[ -x .venv-vllm/bin/python ] && GEN_PY=.venv-vllm/bin/python
+mkdir -p "$OUT"
+
+if [ ! -f "$TEACHER/data.jsonl" ]; then
+  for ((shard = 0; shard < TEACHER_SHARDS; shard++)); do
+    VLLM_CPU_OMP_THREADS_BIND=$shard "$GEN_PY" -m drafter.teacher.generate --dataset_name sharegpt \
+      --max_examples "$TEACHER_EXAMPLES" --data_seed 0 --exclude_dataset mtbench --max_tokens 256 --gen_temp 0 \
+      --batch_size 64 --num_threads 1 --num_shards "$TEACHER_SHARDS" --shard_index "$shard" \
+      --output_dir "$TEACHER" --no_progress > "$OUT/teacher-$shard.log" 2>&1 &
+  done
+  wait
+fi
+
+"$PY" -m drafter.features --dataset_name "$TEACHER" --output_dir "$OUT/features" --model_max_length 512 \
+  --num_eval_examples 64 --hidden_dtype bfloat16 --batch_size 8
+
+"$PY" train_speculator.py --features_dir "$OUT/features" --drafter_predict_n_tokens 4 --exit_dim_multiplier 1.0 \
+  --draft_vocab_size 4096 --per_device_train_batch_size 16 --learning_rate 2e-3 --lr_scheduler_type cosine \
+  --warmup_steps 50 --num_train_epochs 20 --max_train_minutes "$TRAIN_MINUTES" --logging_steps 20 \
+  --save_strategy steps --save_steps 200 --save_total_limit 2 --output_dir "$OUT/drafter" --report_to tensorboard
+
+"$PY" generate_speculator.py --speculator_path "$OUT/drafter" --eval_mt_bench --compare --beam_width 2 \
+  --beam_length 3 --output_file "$OUT/mtbench80.json"
