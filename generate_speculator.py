@@ -228,16 +228,20 @@ def run_answers(args: GenerationArguments, decoder, tokenizer, prompts, max_new_
     return result, log
 
 
-def run_compare(args: GenerationArguments, base, tokenizer, drafters: list, prompts, max_new_tokens: int) -> dict:
+def run_compare(args: GenerationArguments, base, tokenizer, drafters: list, prompts, max_new_tokens: int):
     config = BenchmarkConfig(max_new_tokens=max_new_tokens, repeats=args.repeats, warmup=args.warmup)
     names = speculator_names(args.speculator_path)
     shape = tree_shape(args)
+    settings = {"compare": names, "speculators": args.speculator_path, "base_model": args.base_model,
+                "dataset": args.eval_dataset, "max_new_tokens": max_new_tokens, "tree": vars(shape),
+                "repeats": args.repeats, "warmup": args.warmup}
+    log = AnswerLog(args.output_file, settings)
     summary = compare_drafters(
         base, tokenizer, dict(zip(names, drafters)), {name: shape for name in names}, prompts, config,
-        with_answers=True, allow_base_mismatch=args.allow_base_mismatch,
+        with_answers=True, allow_base_mismatch=args.allow_base_mismatch, log=log,
     )
     summary["drafters"] = dict(zip(names, args.speculator_path))
-    return summary
+    return summary, log
 
 
 def check_modes(args: GenerationArguments) -> None:
@@ -274,9 +278,8 @@ def main(argv: list[str]) -> None:
     if args.interactive or args.prompt is not None:
         run_chat(args, make_decoder(args, base, drafters), tokenizer, max_new_tokens)
         return
-    log = None
     if args.compare:
-        result = run_compare(args, base, tokenizer, drafters, prompts, max_new_tokens)
+        result, log = run_compare(args, base, tokenizer, drafters, prompts, max_new_tokens)
         print(markdown_table(result))
     else:
         result, log = run_answers(args, make_decoder(args, base, drafters), tokenizer, prompts, max_new_tokens)
@@ -291,8 +294,7 @@ def main(argv: list[str]) -> None:
             chart = args.chart_file or os.path.splitext(args.output_file)[0] + ".png"
             plot_summary(result, chart, title=f"{len(prompts)} {args.eval_dataset} prompts, {max_new_tokens} tokens")
             print(f"Wrote {chart}")
-    if log is not None:
-        log.finish()
+    log.finish()
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import platform
 import statistics
 import time
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -130,17 +130,31 @@ class SpeedBenchmark:
         )
         return run, seconds
 
-    def run(self, prompts: Sequence[list[int]], progress: bool = True) -> None:
-        for _ in range(self.config.warmup):
+    def run(
+        self,
+        prompts: Sequence[list[int]],
+        progress: bool = True,
+        done: Sequence[dict[str, PromptRun]] = (),
+        on_prompt: Optional[Callable[[int, dict[str, PromptRun]], None]] = None,
+    ) -> None:
+        """Time every method on every prompt, interleaved. `done`: the runs of the first prompts from an earlier,
+        interrupted invocation (kept, not timed again); `on_prompt(index, runs)` after each prompt's methods."""
+        for runs in done:
             for method in self.methods:
-                self._run_once(method, prompts[0])
-        bar = tqdm(prompts, desc="Benchmark prompts", disable=not progress)
-        for prompt in bar:
+                self.runs[method].append(runs[method])
+        todo = list(prompts)[len(done):]
+        for _ in range(self.config.warmup if todo else 0):
+            for method in self.methods:
+                self._run_once(method, todo[0])
+        bar = tqdm(todo, desc="Benchmark prompts", disable=not progress, initial=len(done), total=len(prompts))
+        for index, prompt in enumerate(bar, start=len(done)):
             for method in self.methods:
                 repeats = [self._run_once(method, prompt) for _ in range(max(1, self.config.repeats))]
                 run = repeats[0][0]
                 run.seconds = statistics.median(seconds for _, seconds in repeats)
                 self.runs[method].append(run)
+            if on_prompt is not None:
+                on_prompt(index, {method: self.runs[method][-1] for method in self.methods})
             bar.set_postfix(self._postfix())
 
     def _postfix(self) -> dict[str, str]:

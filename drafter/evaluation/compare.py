@@ -4,6 +4,7 @@ both call `compare_drafters`."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Sequence
 
@@ -11,7 +12,8 @@ from transformers import PreTrainedModel
 
 from ..engine.prompts import encode_chat_prompts
 from ..generation import SpeculativeGenerator
-from .benchmark import BenchmarkConfig, SpeedBenchmark
+from .answers import AnswerLog
+from .benchmark import BenchmarkConfig, PromptRun, SpeedBenchmark
 
 
 @dataclass(frozen=True)
@@ -43,16 +45,26 @@ def compare_drafters(
     progress: bool = True,
     with_answers: bool = False,
     allow_base_mismatch: bool = False,
+    log: Optional[AnswerLog] = None,
 ) -> dict[str, Any]:
     """Benchmark every drafter (name -> drafter, drafted with `shapes[name]`) against the baselines.
 
     Returns `SpeedBenchmark.summary()`; with `with_answers`, also per prompt the reference answer and, per
-    drafter, whether its answer was identical and its tau.
+    drafter, whether its answer was identical and its tau. With `log`, every prompt's runs are appended to it as
+    they finish, and the prompts it already holds (from a killed run) are not run again.
     """
     speculators = {name: shapes[name].speculator(base, drafter, allow_base_mismatch)
                    for name, drafter in drafters.items()}
     benchmark = SpeedBenchmark(base, speculators, tokenizer.eos_token_id, tokenizer.pad_token_id, config)
-    benchmark.run(encode_chat_prompts(tokenizer, prompts), progress=progress)
+    log = log or AnswerLog(None, {})
+    done = []  # an interrupted run's prompts, in order, up to the first one it did not finish
+    while str(len(done)) in log.rows:
+        done.append({m: PromptRun(**r) for m, r in log.rows[str(len(done))]["runs"].items()})
+
+    def record(index: int, runs: dict) -> None:
+        log.add({"id": index, "runs": {method: dataclasses.asdict(run) for method, run in runs.items()}})
+
+    benchmark.run(encode_chat_prompts(tokenizer, prompts), progress=progress, done=done, on_prompt=record)
     summary = benchmark.summary()
     if with_answers:
         summary["answers"] = [

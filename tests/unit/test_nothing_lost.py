@@ -133,3 +133,34 @@ def test_training_further_on_another_base_records_that_base(tiny, tmp_path):
     args = ModelArguments(llm_name_or_path="other/base", drafter_name_or_path=str(root / "drafter"))
     drafter = build_drafter(args, other)
     assert drafter.config.base_model_name_or_path == "other/base" and drafter.config.base_model_fingerprint
+
+
+def test_killed_comparison_resumes_from_its_log(tmp_path):
+    from drafter.evaluation.answers import AnswerLog
+    from drafter.evaluation.benchmark import BenchmarkConfig
+    from drafter.evaluation.compare import TreeShape, compare_drafters
+    from tests.fakes import make_tiny_redrafter
+
+    class Tokenizer(CharTokenizer):
+        pad_token_id = 0
+
+    base = make_tiny_llama(seed=2)
+    drafter = make_tiny_redrafter(base, seed=3)
+    prompts = [{"id": str(i), "messages": [{"role": "user", "content": f"question {i}"}]} for i in range(4)]
+    config = BenchmarkConfig(max_new_tokens=10, warmup=0)
+    args = (base, Tokenizer(), {"d": drafter}, {"d": TreeShape(beam_width=2, beam_length=3)}, prompts, config)
+    output = str(tmp_path / "bench.json")
+
+    class KilledAfterTwo(AnswerLog):
+        def add(self, row):
+            super().add(row)
+            if len(self.rows) == 2:
+                raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        compare_drafters(*args, progress=False, with_answers=True, log=KilledAfterTwo(output, {"s": 1}))
+    resumed = compare_drafters(*args, progress=False, with_answers=True, log=AnswerLog(output, {"s": 1}))
+    fresh = compare_drafters(*args, progress=False, with_answers=True)
+    assert resumed["methods"]["d"]["prompts"] == 4 and resumed["answers"] == fresh["answers"]
+    with pytest.raises(ValueError, match="other settings"):
+        AnswerLog(output, {"s": 2})
