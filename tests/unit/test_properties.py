@@ -13,7 +13,8 @@ and the inputs, and every check is a property stated directly in terms of the be
   plain token-by-token sampling (chi-square on many copies of one tree, fixed seeds).
 
 Everything is deterministic: hypothesis is derandomized (and keeps no example database) and every torch
-random draw comes from a seeded generator.
+random draw comes from a seeded generator. (Hypothesis still caches the constants it collects from the code
+under .hypothesis/constants in the working directory.)
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ Prefix = Tuple[int, ...]
 
 
 def property_settings(max_examples: int) -> settings:
-    """Deterministic, database-free (no .hypothesis folder), no per-example deadline (shared, busy CPUs)."""
+    """Deterministic, no example database, no per-example deadline (shared, busy CPUs)."""
     return settings(
         max_examples=max_examples,
         deadline=None,
@@ -221,6 +222,12 @@ def test_greedy_acceptance_is_the_plain_greedy_walk(case):
         assert int(result.bonus_tokens[b]) == target
         assert int(result.last_nodes[b]) == path[-1]
         assert target not in children_tokens(nodes)[path[-1]], "the bonus never repeats a drafted child"
+    # A static-size tree (any logits at its extra padding nodes) gives the same result: padding is never reached.
+    static = build_tree(beams, static_size=True)
+    padded = torch.cat([logits, logits.flip(1)[:, :1].expand(-1, static.size - tree.size, -1) + 9.0], dim=1)
+    static_result = greedy_accept(static, padded)
+    for name in ("num_accepted", "path_nodes", "path_tokens", "bonus_tokens"):
+        assert torch.equal(getattr(static_result, name), getattr(result, name)), name
 
 
 # ----------------------------------------------------------------------------- 3. rejection sampling
@@ -302,6 +309,17 @@ def test_strategies_reach_the_interesting_cases():
         seen["shared"] += int(int(tree.num_nodes.min()) < max_tree_size(*beams.shape[1:]))
         seen["deep"] += int(int(greedy_accept(tree, logits).num_accepted.max()) >= 2)
 
+    @property_settings(max_examples=15)
+    @given(case=tree_with_probs())
+    def probe_sampling(case):
+        beams, node_probs, seed = case
+        copies = 200
+        tree = build_tree(beams.expand(copies, -1, -1))
+        result = sampling_accept(tree, node_probs.expand(copies, -1, -1), torch.Generator().manual_seed(seed))
+        seen["sampled_deep"] += int(int(result.num_accepted.max()) >= 2)
+        seen["sampled_rejection"] += int(bool(((result.num_accepted == 0) & (tree.num_nodes > 1)).any()))
+
     probe()
-    assert all(seen[k] > 0 for k in ("padding", "shared", "deep")), seen
+    probe_sampling()
+    assert all(seen[k] > 0 for k in ("padding", "shared", "deep", "sampled_deep", "sampled_rejection")), seen
 
