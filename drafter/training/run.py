@@ -9,7 +9,7 @@ import shutil
 from pathlib import Path
 from typing import Optional
 
-from transformers import PreTrainedModel
+from transformers import PreTrainedModel, set_seed
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
 from ..data import DataCollatorForDrafter, build_tokenized_datasets
@@ -155,6 +155,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Dra
         trust_remote_code=model_args.trust_remote_code,
     )
     datasets = training_data(tokenizer, base, data_args, training_args.seed)
+    set_seed(training_args.seed)  # a fresh drafter's weights follow --seed (the Trainer seeds only later)
     drafter = build_drafter(model_args, base, training=training_args.phase == "train")
     summary: dict = {"drafter_parameters": sum(p.numel() for p in drafter.parameters())}
     # Counted on the whole training split, before a distilled subset replaces it: with the distilled dataset

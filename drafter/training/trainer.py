@@ -20,6 +20,11 @@ from .metrics import DraftAccuracy
 class DrafterTrainer(Trainer):
     def __init__(self, *args, base_model: PreTrainedModel, **kwargs):
         super().__init__(*args, **kwargs)
+        # compute_loss returns the mean over its micro-batch and ignores `num_items_in_batch`, so the Trainer must
+        # divide it by the accumulation steps. The drafter's forward(**loss_kwargs) would otherwise make transformers
+        # take the loss for one already normalised over the accumulated batch: k accumulation steps then summed k
+        # micro-batch means (k times the logged loss and the gradient of one process with k times the batch).
+        self.model_accepts_loss_kwargs = False
         self.base_model = base_model.to(self.args.device).eval().requires_grad_(False)
         self.base = BaseLM(self.base_model)
         self._step_loss_sums: Optional[torch.Tensor] = None
@@ -76,9 +81,12 @@ class DrafterTrainer(Trainer):
         return (output.loss, output) if return_outputs else output.loss
 
     def log(self, logs: dict[str, float], start_time: Optional[float] = None) -> None:
-        # Per-step training losses, averaged since the last log line.
+        # Per-step training losses, averaged since the last log line over the micro-batches of all processes (as
+        # the Trainer's "loss"); every process logs the training steps, so the reduction is collective.
         if self._step_loss_sums is not None and "loss" in logs:
-            means = (self._step_loss_sums / self._step_loss_batches).tolist()
+            sums = torch.cat([self._step_loss_sums, self._step_loss_sums.new_tensor([self._step_loss_batches])])
+            sums = self.accelerator.reduce(sums, reduction="sum")
+            means = (sums[:-1] / sums[-1]).tolist()
             logs.update({f"loss_step{step + 1}": round(value, 4) for step, value in enumerate(means)})
             self._step_loss_sums, self._step_loss_batches = None, 0
         super().log(logs, start_time)
@@ -99,9 +107,10 @@ class DrafterTrainer(Trainer):
         progress = tqdm(dataloader, desc="Evaluating drafter", disable=not self.is_local_process_zero())
         with torch.no_grad():
             for inputs in progress:
-                output = self.drafter_forward(model, self._prepare_inputs(inputs), top_k=self.args.eval_top_k)
+                inputs, real_examples = self._without_repeated_examples(self._prepare_inputs(inputs))
+                output = self.drafter_forward(model, inputs, top_k=self.args.eval_top_k)
                 loss_sum += output.loss.detach()
-                batches += 1
+                batches += int(real_examples > 0)
                 accuracy.update(output.step_counts)
         # Sum counts over processes so every rank reports the same numbers.
         flat = torch.tensor(
@@ -122,3 +131,22 @@ class DrafterTrainer(Trainer):
         self.log(metrics)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         return metrics
+
+    def _without_repeated_examples(self, inputs: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], int]:
+        """(inputs, number of real examples): with several processes, accelerate fills the last evaluation batches
+        up with repeated examples so that every process runs the same forwards (which FSDP / ZeRO-3 need); their
+        labels are masked here so that the summed counts see each held-out example once. `gather_for_metrics`
+        keeps the first real rows of a gathered batch, which is in process order."""
+        rows = inputs["input_ids"].shape[0]
+        if self.args.world_size <= 1 or not self.accelerator.even_batches:  # nothing repeated
+            return inputs, rows
+        marker = torch.ones(rows, device=inputs["input_ids"].device)
+        real = self.accelerator.gather_for_metrics(marker).numel()  # real examples of all processes' batches
+        keep = min(max(real - self.args.process_index * rows, 0), rows)
+        if keep < rows:
+            inputs = dict(inputs)
+            for key in ("labels", "distill_targets"):
+                if inputs.get(key) is not None:
+                    inputs[key] = inputs[key].clone()
+                    inputs[key][keep:] = -100
+        return inputs, keep

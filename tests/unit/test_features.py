@@ -141,5 +141,6 @@ def test_training_from_features_stops_at_the_time_budget_and_saves(base, tokeniz
     other = tmp_path / "other-base"
     make_tiny_llama(5, vocab_size=len(tokenizer), max_position_embeddings=256).save_pretrained(other)
     tokenizer.save_pretrained(other)
+    elsewhere = DrafterTrainingArguments(**{**training_args.to_dict(), "output_dir": str(tmp_path / "out2")})
     with pytest.raises(StaleFeaturesError, match="another base model"):
-        run(ModelArguments(llm_name_or_path=str(other), drafter_num_layers=1), data_args, training_args)
+        run(ModelArguments(llm_name_or_path=str(other), drafter_num_layers=1), data_args, elsewhere)
