@@ -18,6 +18,9 @@ from .dtypes import at_least_float32
 from .kv_cache import SlotKVCache, prefill_mask
 
 Prompts = Union[Sequence[Sequence[int]], torch.Tensor]
+_FINGERPRINT_CONFIG_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+                            "intermediate_size", "vocab_size", "max_position_embeddings", "rope_theta",
+                            "rms_norm_eps", "layer_norm_epsilon", "tie_word_embeddings", "final_logit_softcapping")
 # The frozen base model's fingerprint, computed once per model object (hashing the embeddings takes ~0.5 s).
 _FINGERPRINTS: "weakref.WeakKeyDictionary[PreTrainedModel, str]" = weakref.WeakKeyDictionary()
 
@@ -130,9 +133,11 @@ class BaseLM:
     def fingerprint(self) -> str:
         """Identifies the base model's weights where drafters touch them: its config (sizes, vocabulary) and a
         hash of the input embedding and output layer (a random model of the same shape differs)."""
-        config = self.model.config.to_dict()
-        for volatile in ("name_or_path", "_name_or_path", "transformers_version", "torch_dtype", "dtype"):
-            config.pop(volatile, None)
+        text = self.model.config.get_text_config()
+        # The architecture's defining sizes only: saving a model or loading it another way changes other config
+        # fields (architectures, attention implementation, dtype) without changing the model.
+        config = {key: getattr(text, key, None) for key in _FINGERPRINT_CONFIG_KEYS}
+        config["model_type"] = self.model.config.model_type
         cached = _FINGERPRINTS.get(self.model)
         if cached is not None:
             return cached

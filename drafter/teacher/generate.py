@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -326,6 +327,9 @@ def main(argv: Optional[Sequence[str]] = None) -> TeacherGenerationResult | Path
     source = {"dataset_name": args.dataset_name, "max_examples": args.max_examples, "data_seed": args.data_seed,
               "exclude_dataset": list(args.exclude_dataset)}
     if backend == "vllm":
+        # vLLM's engine runs in child processes that outlive a SIGTERM'd parent (one kept a core busy for an hour):
+        # turn SIGTERM into an exit, so vLLM's shutdown hooks stop them.
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
         model = load_vllm_engine(args.llm_name_or_path, args.tensor_parallel, dtype_label, args.seed,
                                  num_threads=args.num_threads)
     else:

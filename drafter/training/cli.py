@@ -20,6 +20,7 @@ from .arguments import (
     is_nested_recipe,
     validate_arguments,
 )
+from .clock import mark_command_start
 from .run import run
 
 # --quick: sized on a 2-core CPU to finish in <= 300 s including model conversion and data preparation
@@ -104,6 +105,7 @@ def _as_dict(args: Any) -> dict:
 
 def main(argv: Optional[list[str]] = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
+    mark_command_start()
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     model_args, data_args, training_args = parse_arguments(argv)
     if training_args.demo:

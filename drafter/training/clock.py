@@ -72,19 +72,27 @@ def seconds_since_process_start() -> float:
         return time.monotonic() - _IMPORTED
 
 
+def mark_command_start() -> None:
+    """Called when a training command starts (after its imports, which the run reserve covers)."""
+    global _COMMAND_STARTED
+    _COMMAND_STARTED = time.monotonic()
+
+
 def training_budget_seconds(max_train_minutes: Optional[float], max_run_minutes: Optional[float]) -> Optional[float]:
-    """The training loop's budget: --max_train_minutes, capped by what --max_run_minutes leaves after what the run
-    has spent so far and a reserve for saving and evaluation (15 s or a tenth of the run, the larger)."""
+    """The training loop's budget: --max_train_minutes, capped by what --max_run_minutes leaves after what the
+    command has spent so far and a reserve for saving, evaluation and start-up (15 s or a tenth of the run, the
+    larger)."""
     budgets = []
     if max_train_minutes is not None:
         budgets.append(max_train_minutes * 60)
     if max_run_minutes is not None:
         reserve = max(15.0, 6.0 * max_run_minutes)
-        budgets.append(max(0.0, max_run_minutes * 60 - seconds_since_process_start() - reserve))
+        spent = time.monotonic() - _COMMAND_STARTED
+        budgets.append(max(0.0, max_run_minutes * 60 - spent - reserve))
     return min(budgets) if budgets else None
 
 
-_IMPORTED = time.monotonic()
+_IMPORTED = _COMMAND_STARTED = time.monotonic()
 
 
 def seconds_recorded_in(checkpoint: Optional[str]) -> float:
