@@ -206,3 +206,24 @@ def run_cli(args, stdin: str = "", timeout: int = 300) -> subprocess.CompletedPr
         [sys.executable, str(REPO_ROOT / "generate_speculator.py"), *args],
         input=stdin, capture_output=True, text=True, timeout=timeout, cwd=REPO_ROOT, env=env,
     )
+
+
+def kill_when_written(process: subprocess.Popen, path: Path, lines: int, timeout: float) -> None:
+    """SIGKILL `process` (a real kill, mid-run) as soon as `path` holds `lines` complete lines; fail if the
+    process ended first. Closes its stderr pipe."""
+    import signal
+    import time
+
+    deadline = time.time() + timeout
+    try:
+        while time.time() < deadline and process.poll() is None:
+            if path.is_file() and path.read_bytes().count(b"\n") >= lines:
+                break
+            time.sleep(0.02)
+        assert process.poll() is None, process.stderr.read().decode()[-2000:]
+        process.send_signal(signal.SIGKILL)
+        process.wait(30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.stderr.close()

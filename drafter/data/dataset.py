@@ -194,15 +194,7 @@ def build_tokenized_datasets(
             }
         )
         if len(tokenized["train"]) == 0:
-            replies = any(m["role"] == "assistant" for row in splits["train"] if "messages" in row
-                          for m in row["messages"])
-            reason = ""
-            if train_on_assistant_only and replies:
-                reason = (f" (every assistant reply starts after token {model_max_length}: raise --model_max_length "
-                          "or shorten the prompts)")
-            elif train_on_assistant_only:
-                reason = " (with train_on_assistant_only, rows need an assistant reply)"
-            raise ValueError(f"No training example of '{dataset_name}' has a trainable label{reason}")
+            raise _no_labels_error(dataset_name, splits["train"], model_max_length, train_on_assistant_only)
         save_dataset_atomically(tokenized, cache_path)
         info = {"dataset_name": str(dataset_name), "params": params, "key": key}
         write_json(cache_path / "drafter_cache_info.json", info)
@@ -217,6 +209,18 @@ def build_tokenized_datasets(
     )
     # Re-open the saved copy so the result is memory-mapped from the cache, not from the deleted work files.
     return datasets.load_from_disk(str(cache_path))
+
+
+def _no_labels_error(dataset_name: str, rows: datasets.Dataset, max_length: int, assistant_only: bool) -> ValueError:
+    """Why no training row kept a label: no assistant replies at all, or truncation cut every one."""
+    replies = any(m["role"] == "assistant" for row in rows if "messages" in row for m in row["messages"])
+    reason = ""
+    if assistant_only and replies:
+        reason = (f" (every assistant reply starts after token {max_length}: raise --model_max_length or shorten "
+                  "the prompts)")
+    elif assistant_only:
+        reason = " (with train_on_assistant_only, rows need an assistant reply)"
+    return ValueError(f"No training example of '{dataset_name}' has a trainable label{reason}")
 
 
 @dataclass

@@ -131,6 +131,16 @@ def distilled_train_split(base, model_args: ModelArguments, data_args: DataArgum
     return load_from_disk(str(path))
 
 
+def install_draft_vocabulary(drafter: DrafterPreTrainedModel, train) -> float:
+    """Give a fresh drafter the most frequent training targets as its draft vocabulary; returns their coverage."""
+    counts = count_target_tokens(train["labels"], drafter.config.vocab_size)
+    draft_to_base, coverage = select_draft_vocabulary(counts, drafter.config.draft_vocab_size)
+    drafter.set_draft_vocabulary(draft_to_base)
+    logger.info("Draft vocabulary of %d tokens covers %.1f%% of training targets",
+                drafter.config.draft_vocab_size, 100 * coverage)
+    return coverage
+
+
 def count_trainable_tokens(dataset) -> int:
     return sum(sum(1 for label in labels if label != -100) for labels in dataset["labels"])
 
@@ -161,12 +171,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Dra
     # Counted on the whole training split, before a distilled subset replaces it: with the distilled dataset
     # only --distill_max_examples conversations train, too few to rank a vocabulary of thousands of tokens.
     if drafter.has_reduced_vocabulary and not model_args.drafter_name_or_path:
-        counts = count_target_tokens(datasets["train"]["labels"], drafter.config.vocab_size)
-        draft_to_base, coverage = select_draft_vocabulary(counts, drafter.config.draft_vocab_size)
-        drafter.set_draft_vocabulary(draft_to_base)
-        summary["draft_vocab_coverage"] = coverage
-        logger.info("Draft vocabulary of %d tokens covers %.1f%% of training targets",
-                    drafter.config.draft_vocab_size, 100 * coverage)
+        summary["draft_vocab_coverage"] = install_draft_vocabulary(drafter, datasets["train"])
 
     if data_args.use_distilled_dataset and not data_args.features_dir:
         datasets["train"] = distilled_train_split(base, model_args, data_args, datasets["train"], training_args.seed)

@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -20,7 +18,7 @@ from drafter.data import load_prompts
 from drafter.engine import AutoregressiveGenerator
 from drafter.evaluation.answers import answer_prompts
 from drafter.training.run import build_drafter
-from tests.fakes import REPO_ROOT, make_tiny_llama, smollm2_tokenizer
+from tests.fakes import REPO_ROOT, kill_when_written, make_tiny_llama, smollm2_tokenizer
 from tests.unit.test_benchmark_cli import CharTokenizer
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -59,20 +57,7 @@ def test_killed_answer_run_resumes_without_losing_or_repeating(tiny, tmp_path):
     assert run_cli([*common, "--output_file", str(reference)]).wait(300) == 0
     output = tmp_path / "answers.json"
     partial = tmp_path / "answers.json.partial.jsonl"
-    process = run_cli([*common, "--output_file", str(output)])
-    deadline = time.time() + 240
-    try:
-        while time.time() < deadline and process.poll() is None:
-            if partial.is_file() and partial.read_bytes().count(b"\n") >= 4:  # the header and 3 answers
-                break
-            time.sleep(0.05)
-        assert process.poll() is None, process.stderr.read().decode()[-2000:]
-        process.send_signal(signal.SIGKILL)
-        process.wait(30)
-    finally:
-        if process.poll() is None:
-            process.kill()
-        process.stderr.close()
+    kill_when_written(run_cli([*common, "--output_file", str(output)]), partial, 4, 240)  # header + 3 answers
     assert not output.exists() and 3 <= partial.read_bytes().count(b"\n") - 1 < 12
     assert run_cli([*common, "--output_file", str(output)]).wait(300) == 0
     answers = json.loads(output.read_text())["answers"]

@@ -12,10 +12,8 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -36,7 +34,7 @@ from drafter.teacher.config import (
 from drafter.teacher.generate import generate_teacher_data, main
 from drafter.teacher.jobs import prepare_prompt, shard_indices
 from drafter.teacher.merge import merge_teacher_shards
-from tests.fakes import REPO_ROOT, make_tiny_llama, smollm2_tokenizer
+from tests.fakes import REPO_ROOT, kill_when_written, make_tiny_llama, smollm2_tokenizer
 
 MAX_TOKENS = 10
 
@@ -353,19 +351,7 @@ def test_cli_killed_process_resumes(model, tokenizer, tmp_path):
     process = subprocess.Popen([sys.executable, "-m", "drafter.teacher.generate", *args], env=env, cwd=REPO_ROOT,
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     shard = out / "shard-00000-of-00001.jsonl"
-    deadline = time.time() + 120
-    try:
-        while time.time() < deadline and process.poll() is None:
-            if shard.is_file() and shard.read_bytes().count(b"\n") >= 3:
-                break
-            time.sleep(0.02)
-        assert process.poll() is None, process.stderr.read().decode()[-2000:]
-        process.send_signal(signal.SIGKILL)
-        process.wait(30)
-    finally:
-        if process.poll() is None:
-            process.kill()
-        process.stderr.close()
+    kill_when_written(process, shard, 3, 120)
     done_before = len(read_jsonl_rows(shard))
     assert 3 <= done_before < len(prompts) and not (out / DATA_FILE).exists()
 
