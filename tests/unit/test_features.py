@@ -132,7 +132,7 @@ def test_training_from_features_stops_at_the_time_budget_and_saves(base, tokeniz
                                 draft_vocab_size=64)
     data_args = DataArguments(features_dir=str(features.root))
     training_args = DrafterTrainingArguments(
-        output_dir=str(tmp_path / "out"), max_steps=500, per_device_train_batch_size=2, max_train_minutes=1e-4,
+        output_dir=str(tmp_path / "out"), max_steps=500, per_device_train_batch_size=2, max_train_minutes=0.0,
         save_strategy="no", report_to=["none"], use_cpu=True, disable_tqdm=True, logging_steps=1,
     )
     summary = run(model_args, data_args, training_args)
