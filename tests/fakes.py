@@ -53,6 +53,19 @@ def make_tiny_llama(
     return LlamaForCausalLM(config).eval()
 
 
+def make_chat_llama(tokenizer, seed: int = 0, max_position_embeddings: int = 256) -> LlamaForCausalLM:
+    """A tiny random Llama speaking `tokenizer`'s vocabulary (its pad and EOS ids): real chat templates, fast."""
+    return make_tiny_llama(seed, vocab_size=len(tokenizer), max_position_embeddings=max_position_embeddings,
+                           pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+
+
+def save_with_tokenizer(model, tokenizer, folder: Path):
+    """`model` and `tokenizer` saved together in `folder` (a base model any command line can load); returns model."""
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return model
+
+
 def make_tiny_gpt2(seed: int = 0, vocab_size: int = 96, hidden_size: int = 32, num_layers: int = 2) -> GPT2LMHeadModel:
     torch.manual_seed(seed)
     config = GPT2Config(

@@ -43,7 +43,7 @@ from drafter.engine.loading import load_base_model
 from drafter.training.arguments import ModelArguments
 from drafter.training.draft_vocab import count_target_tokens, select_draft_vocabulary
 from drafter.training.run import drafter_config
-from tests.fakes import REPO_ROOT, make_tiny_llama, smollm2_tokenizer
+from tests.fakes import REPO_ROOT, make_chat_llama, save_with_tokenizer, smollm2_tokenizer
 
 pytestmark = pytest.mark.e2e
 
@@ -64,10 +64,7 @@ def workspace(tmp_path_factory):
     initial drafter of each family (draft vocabulary chosen from the training split, as run() does)."""
     root = tmp_path_factory.mktemp("multiprocess")
     tokenizer = smollm2_tokenizer()
-    base = make_tiny_llama(0, vocab_size=len(tokenizer), max_position_embeddings=256,
-                           pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-    base.save_pretrained(root / "base")
-    tokenizer.save_pretrained(root / "base")
+    save_with_tokenizer(make_chat_llama(tokenizer), tokenizer, root / "base")
     chats = root / "chats.jsonl"
     with open(chats, "w") as f:
         for i in range(48):  # replies of different lengths: the processes' batches hold different target counts

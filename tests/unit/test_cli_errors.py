@@ -17,7 +17,7 @@ from drafter import AutoDrafter, RecurrentDraftingConfig
 from drafter.engine.base_lm import BaseLM
 from drafter.errors import run_main
 from drafter.teacher import generate as teacher_cli
-from tests.fakes import make_tiny_llama, smollm2_tokenizer
+from tests.fakes import make_chat_llama, save_with_tokenizer, smollm2_tokenizer
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -29,15 +29,8 @@ def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli")
     tokenizer = smollm2_tokenizer()
 
-    def save_base(seed, name):
-        base = make_tiny_llama(seed, vocab_size=len(tokenizer), max_position_embeddings=64,
-                               pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-        base.save_pretrained(root / name)
-        tokenizer.save_pretrained(root / name)
-        return base
-
-    base = save_base(0, "base")
-    save_base(1, "other-base")
+    base = save_with_tokenizer(make_chat_llama(tokenizer, 0, 64), tokenizer, root / "base")
+    save_with_tokenizer(make_chat_llama(tokenizer, 1, 64), tokenizer, root / "other-base")
     config = RecurrentDraftingConfig(hidden_size=32, vocab_size=len(tokenizer),
                                      base_model_name_or_path=str(root / "base"),
                                      base_model_fingerprint=BaseLM(base).fingerprint(), drafter_num_layers=1,

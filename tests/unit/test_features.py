@@ -13,7 +13,7 @@ from drafter.features import FeatureCache, FeatureDataset, FeatureSpec, StaleFea
 from drafter.features import cache as cache_module
 from drafter.training.arguments import DataArguments, DrafterTrainingArguments, ModelArguments
 from drafter.training.run import run
-from tests.fakes import make_tiny_llama, make_tiny_redrafter, smollm2_tokenizer
+from tests.fakes import make_chat_llama, make_tiny_llama, make_tiny_redrafter, save_with_tokenizer, smollm2_tokenizer
 from tests.unit.test_training import make_trainer
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -34,8 +34,7 @@ def tokenizer():
 
 @pytest.fixture(scope="module")
 def base(tokenizer):
-    return make_tiny_llama(0, vocab_size=len(tokenizer), max_position_embeddings=256,
-                           pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    return make_chat_llama(tokenizer)
 
 
 @pytest.fixture()
@@ -125,8 +124,7 @@ def test_one_step_from_the_cache_equals_one_live_step(base, tokenizer, chats, tm
 
 def test_training_from_features_stops_at_the_time_budget_and_saves(base, tokenizer, chats, tmp_path):
     model_dir = tmp_path / "base"
-    base.save_pretrained(model_dir)
-    tokenizer.save_pretrained(model_dir)
+    save_with_tokenizer(base, tokenizer, model_dir)
     features = build_features(base, tokenizer, chats, tmp_path / "features", SPEC, progress=False)
     model_args = ModelArguments(llm_name_or_path=str(model_dir), drafter_num_layers=1, drafter_predict_n_tokens=2,
                                 draft_vocab_size=64)
@@ -139,8 +137,7 @@ def test_training_from_features_stops_at_the_time_budget_and_saves(base, tokeniz
     assert summary["stopped_by_time_budget"] and summary["train_steps"] == 1
     assert (tmp_path / "out" / "model.safetensors").is_file() and "eval_step1_top1" in summary
     other = tmp_path / "other-base"
-    make_tiny_llama(5, vocab_size=len(tokenizer), max_position_embeddings=256).save_pretrained(other)
-    tokenizer.save_pretrained(other)
+    save_with_tokenizer(make_tiny_llama(5, vocab_size=len(tokenizer), max_position_embeddings=256), tokenizer, other)
     elsewhere = DrafterTrainingArguments(**{**training_args.to_dict(), "output_dir": str(tmp_path / "out2")})
     with pytest.raises(StaleFeaturesError, match="another base model"):
         run(ModelArguments(llm_name_or_path=str(other), drafter_num_layers=1), data_args, elsewhere)

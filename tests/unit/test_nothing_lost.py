@@ -18,7 +18,14 @@ from drafter.data import load_prompts
 from drafter.engine import AutoregressiveGenerator
 from drafter.evaluation.answers import answer_prompts
 from drafter.training.run import build_drafter
-from tests.fakes import REPO_ROOT, kill_when_written, make_tiny_llama, smollm2_tokenizer
+from tests.fakes import (
+    REPO_ROOT,
+    kill_when_written,
+    make_chat_llama,
+    make_tiny_llama,
+    save_with_tokenizer,
+    smollm2_tokenizer,
+)
 from tests.unit.test_benchmark_cli import CharTokenizer
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -28,10 +35,7 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny")
     tokenizer = smollm2_tokenizer()
-    base = make_tiny_llama(0, vocab_size=len(tokenizer), max_position_embeddings=256,
-                           pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-    base.save_pretrained(root / "base")
-    tokenizer.save_pretrained(root / "base")
+    base = save_with_tokenizer(make_chat_llama(tokenizer), tokenizer, root / "base")
     torch.manual_seed(0)
     config = RecurrentDraftingConfig(hidden_size=32, vocab_size=len(tokenizer),
                                      base_model_name_or_path=str(root / "base"),
