@@ -29,8 +29,8 @@ from drafter.data import load_prompts
 from drafter.engine import EMBEDDED_BASE_MODEL, AutoregressiveGenerator, load_base_model, load_tokenizer
 from drafter.errors import UsageError, run_main
 from drafter.evaluation.answers import AnswerLog, answer_prompts
-from drafter.evaluation.benchmark import BenchmarkConfig, environment
-from drafter.evaluation.compare import TreeShape, compare_drafters
+from drafter.evaluation.benchmark import BASELINE_METHODS, DEFAULT_BASELINES, BenchmarkConfig, environment
+from drafter.evaluation.compare import TreeShape, auto_tree_shape, compare_drafters, parse_tree_shape
 from drafter.evaluation.report import markdown_table, plot_summary
 from drafter.store import write_json
 
@@ -83,6 +83,17 @@ class GenerationArguments:
     n_candidates: Optional[int] = field(
         default=None, metadata={"help": "With --top_k_tokens_per_head: keep only the best N candidates."}
     )
+    tree_budget: Optional[str] = field(
+        default=None,
+        metadata={"help": "auto: pick the beam width/length with the highest expected tokens/s on this machine "
+                  "(measures the verification cost once per model and machine, and the drafter's acceptance on "
+                  "calibration prompts; prints the shape and why). Beam search drafting only."},
+    )
+    tree_shapes: list[str] = field(
+        default_factory=list,
+        metadata={"help": "--compare: several beam shapes per drafter in one run, as WxL or auto, e.g. 2x2 2x3 4x4 "
+                  "auto (default: the one shape of --beam_width/--beam_length/--tree_budget)."},
+    )
     batch_size: int = field(default=1, metadata={"help": "Prompts decoded together (--eval_mt_bench)."})
     max_generation_length: Optional[int] = field(
         default=None, metadata={"help": "New tokens per answer (default 128 on CPU, 256 on GPU)."}
@@ -93,6 +104,11 @@ class GenerationArguments:
     seed: int = field(default=0, metadata={"help": "Random seed for sampling."})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:1, ..."})
     dtype: str = field(default="float32", metadata={"help": "float32, bfloat16 or float16."})
+    baselines: list[str] = field(
+        default_factory=lambda: list(DEFAULT_BASELINES),
+        metadata={"help": f"--compare: plain methods timed beside the drafters, from {', '.join(BASELINE_METHODS)} "
+                  "(hf_generate, the reference, is always included)."},
+    )
     repeats: int = field(default=1, metadata={"help": "--compare: timed runs per prompt and method (median)."})
     warmup: int = field(default=1, metadata={"help": "--compare: untimed warm-up runs."})
     threads: Optional[int] = field(default=None, metadata={"help": "torch CPU threads (default: torch's)."})
@@ -120,6 +136,14 @@ class GenerationArguments:
         for name, value, valid, rule in checks:
             if not valid(value):
                 raise ValueError(f"--{name} {value}: must be {rule}")
+        if self.tree_budget not in (None, "auto"):
+            raise ValueError(f"--tree_budget {self.tree_budget}: the only budget is auto")
+        for shape in self.tree_shapes:
+            parse_tree_shape(shape)
+        unknown = [b for b in self.baselines if b not in BASELINE_METHODS]
+        if unknown:
+            raise ValueError(f"--baselines {' '.join(unknown)}: choose from {', '.join(BASELINE_METHODS)}")
+        self.baselines = ["hf_generate", *dict.fromkeys(b for b in self.baselines if b != "hf_generate")]
         if self.top_k_tokens_per_head is not None and (not self.top_k_tokens_per_head
                                                        or min(self.top_k_tokens_per_head) < 1):
             raise ValueError(f"--top_k_tokens_per_head {self.top_k_tokens_per_head}: one k >= 1 per drafted token")
@@ -152,11 +176,13 @@ def tree_shape(args: GenerationArguments) -> TreeShape:
     )
 
 
-def make_decoder(args: GenerationArguments, base: PreTrainedModel, drafters: list) -> Any:
+def make_decoder(args: GenerationArguments, base: PreTrainedModel, tokenizer, drafters: list) -> Any:
     """Plain decoding with --autoregressive, else speculative decoding with the (first) drafter."""
     if args.autoregressive or not drafters:
         return AutoregressiveGenerator(base)
-    return tree_shape(args).speculator(base, drafters[0], args.allow_base_mismatch)
+    shape = resolve_tree_shape(args, base, tokenizer, drafters[0], {}, "speculative")
+    args.beam_width, args.beam_length = shape.beam_width, shape.beam_length  # recorded with the results
+    return shape.speculator(base, drafters[0], args.allow_base_mismatch)
 
 
 def speculator_names(paths: list[str]) -> list[str]:
@@ -229,19 +255,50 @@ def run_answers(args: GenerationArguments, decoder, tokenizer, prompts, max_new_
 
 
 def run_compare(args: GenerationArguments, base, tokenizer, drafters: list, prompts, max_new_tokens: int):
-    config = BenchmarkConfig(max_new_tokens=max_new_tokens, repeats=args.repeats, warmup=args.warmup)
-    names = speculator_names(args.speculator_path)
-    shape = tree_shape(args)
-    settings = {"compare": names, "speculators": args.speculator_path, "base_model": args.base_model,
-                "dataset": args.eval_dataset, "max_new_tokens": max_new_tokens, "tree": vars(shape),
-                "repeats": args.repeats, "warmup": args.warmup}
+    config = BenchmarkConfig(max_new_tokens=max_new_tokens, repeats=args.repeats, warmup=args.warmup,
+                             baselines=tuple(args.baselines))
+    methods, shapes, plans = {}, {}, {}
+    for name, drafter in zip(speculator_names(args.speculator_path), drafters):
+        for label, shape in method_shapes(args, base, tokenizer, drafter, plans, name):
+            method = name if label is None else f"{name} {label}" if len(drafters) > 1 else label
+            methods[method], shapes[method] = drafter, shape
+    settings = {"compare": list(methods), "speculators": args.speculator_path, "base_model": args.base_model,
+                "dataset": args.eval_dataset, "max_new_tokens": max_new_tokens,
+                "trees": {m: vars(shape) for m, shape in shapes.items()}, "repeats": args.repeats,
+                "warmup": args.warmup, "baselines": args.baselines}
     log = AnswerLog(args.output_file, settings)
     summary = compare_drafters(
-        base, tokenizer, dict(zip(names, drafters)), {name: shape for name in names}, prompts, config,
+        base, tokenizer, methods, shapes, prompts, config,
         with_answers=True, allow_base_mismatch=args.allow_base_mismatch, log=log,
     )
-    summary["drafters"] = dict(zip(names, args.speculator_path))
+    summary["drafters"] = dict(zip(speculator_names(args.speculator_path), args.speculator_path))
+    summary["tree_plans"] = plans
     return summary, log
+
+
+def method_shapes(args: GenerationArguments, base, tokenizer, drafter, plans: dict, name: str) -> list:
+    """(label, TreeShape) of every shape `drafter` is benchmarked with: --tree_shapes (label = the shape as
+    given), else the one shape of the arguments (label None). "auto" is planned here; its plan goes to `plans`."""
+    if not args.tree_shapes:
+        return [(None, resolve_tree_shape(args, base, tokenizer, drafter, plans, name))]
+    out = []
+    for text in args.tree_shapes:
+        shape = parse_tree_shape(text)
+        if shape is None:
+            shape, plan = auto_tree_shape(base, tokenizer, drafter)
+            plans[name] = plan.to_dict()
+            text = f"auto ({shape.beam_width}x{shape.beam_length})"
+        out.append((text, shape))
+    return out
+
+
+def resolve_tree_shape(args: GenerationArguments, base, tokenizer, drafter, plans: dict, name: str) -> TreeShape:
+    """The shape of --beam_width/--beam_length/--top_k_tokens_per_head, or the planned one with --tree_budget."""
+    if args.tree_budget != "auto":
+        return tree_shape(args)
+    shape, plan = auto_tree_shape(base, tokenizer, drafter)
+    plans[name] = plan.to_dict()
+    return shape
 
 
 def check_modes(args: GenerationArguments) -> None:
@@ -258,6 +315,12 @@ def check_modes(args: GenerationArguments) -> None:
         if args.base_model not in (None, EMBEDDED_BASE_MODEL) or not DEFAULT_DRAFTER.is_dir():
             raise UsageError("--speculator_path is required (or pass --autoregressive for plain decoding)")
         args.speculator_path = [str(DEFAULT_DRAFTER)]  # the shipped drafter of the embedded model
+    if args.tree_budget and (args.top_k_tokens_per_head or args.tree_shapes):
+        raise UsageError("--tree_budget auto plans a beam shape; drop --top_k_tokens_per_head / --tree_shapes "
+                         "(or list auto among --tree_shapes)")
+    if args.tree_shapes and not args.compare:
+        raise UsageError("--tree_shapes is for --eval_mt_bench --compare; use --tree_budget auto or "
+                         "--beam_width/--beam_length otherwise")
     if not (args.interactive or args.prompt is not None or args.eval_mt_bench):
         raise UsageError("choose --interactive, --prompt TEXT or --eval_mt_bench")
 
@@ -276,13 +339,14 @@ def main(argv: list[str]) -> None:
     settings.update(max_new_tokens=max_new_tokens, device=str(device))
 
     if args.interactive or args.prompt is not None:
-        run_chat(args, make_decoder(args, base, drafters), tokenizer, max_new_tokens)
+        run_chat(args, make_decoder(args, base, tokenizer, drafters), tokenizer, max_new_tokens)
         return
     if args.compare:
         result, log = run_compare(args, base, tokenizer, drafters, prompts, max_new_tokens)
         print(markdown_table(result))
     else:
-        result, log = run_answers(args, make_decoder(args, base, drafters), tokenizer, prompts, max_new_tokens)
+        decoder = make_decoder(args, base, tokenizer, drafters)
+        result, log = run_answers(args, decoder, tokenizer, prompts, max_new_tokens)
         print(f"{result['method']}: {result['prompts']} prompts, {result['generated_tokens']} tokens in "
               f"{result['seconds']:.1f} s = {result['tokens_per_second']:.1f} tok/s, tau {result['tau']:.2f}")
     result["settings"] = settings

@@ -1,8 +1,10 @@
 """Teacher-data throughput of every backend on the same prompts, in one run, and whether their greedy answers agree.
 
-Backends: the toolkit's transformers backend (`python -m drafter.teacher.generate --backend transformers`), plain
-length-sorted `model.generate` batches (what a user would write by hand), and vLLM (`--backend vllm`, run with
-.venv-vllm/bin/python when scripts/bootstrap_vllm.sh made it). Greedy, float32. Prints a table, writes JSON.
+Backends: the toolkit's transformers backend (`python -m drafter.teacher.generate --backend transformers`:
+continuous batching, small-batch CPU kernels), the generator it replaced (length-sorted static batches through
+the same decode loop, torch's stock kernels), plain length-sorted `model.generate` batches (what a user would
+write by hand, stock kernels), and vLLM (`--backend vllm`, run with .venv-vllm/bin/python when
+scripts/bootstrap_vllm.sh made it). Greedy, float32. Prints a table, writes JSON.
 
     python benchmarks/teacher_throughput.py [--max_examples 256 --max_tokens 256 --batch_size 16 \\
         --output benchmarks/results/teacher_throughput.json]
@@ -22,9 +24,15 @@ from pathlib import Path
 import torch
 
 from drafter.data import load_prompts
-from drafter.engine import EMBEDDED_BASE_MODEL, load_base_model, load_tokenizer, stop_token_ids
-from drafter.engine.prompts import encode_chat_prompts
+from drafter.engine import (
+    EMBEDDED_BASE_MODEL,
+    AutoregressiveGenerator,
+    load_base_model,
+    load_tokenizer,
+    stop_token_ids,
+)
 from drafter.evaluation.benchmark import environment
+from drafter.teacher.jobs import prepare_prompt
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -44,26 +52,38 @@ def teacher_cli(python: str, backend: str, args, folder: Path) -> tuple[float, d
     return seconds, {row["id"]: row["messages"][-1]["content"] for row in rows}
 
 
-def plain_generate(args) -> tuple[float, int]:
-    """Length-sorted batches through transformers `generate` (left padding), greedy."""
-    model = load_base_model(args.llm_name_or_path)
+def in_process(args, method: str) -> tuple[float, int, dict]:
+    """Seconds, tokens (up to and including each stop token) and answers by prompt id of length-sorted static
+    batches, through `model.generate` or the toolkit's decode loop, with torch's stock kernels."""
+    model = load_base_model(args.llm_name_or_path, small_batch_kernels=False)
     tokenizer = load_tokenizer(args.llm_name_or_path)
-    prompts = encode_chat_prompts(tokenizer, load_prompts(args.dataset_name, max_examples=args.max_examples))
+    # The prompts exactly as the teacher command sees them (cut to its default 512 tokens; none that cannot fit).
+    prepared = [(item, prepare_prompt(tokenizer, item["messages"], 512)[0])
+                for item in load_prompts(args.dataset_name, max_examples=args.max_examples)]
+    items = [item for item, ids in prepared if ids is not None]
+    prompts = [ids for _, ids in prepared if ids is not None]
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]), reverse=True)
     stops, pad = stop_token_ids(model, tokenizer), tokenizer.pad_token_id
-    tokens, start = 0, time.perf_counter()
+    tokens, answers, start = 0, {}, time.perf_counter()
     for begin in range(0, len(order), args.batch_size):
-        batch = [prompts[i] for i in order[begin : begin + args.batch_size]]
-        width = max(len(p) for p in batch)
-        ids = torch.tensor([[pad] * (width - len(p)) + p for p in batch])
-        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in batch])
-        with torch.inference_mode():
-            out = model.generate(ids, attention_mask=mask, max_new_tokens=args.max_tokens, do_sample=False,
-                                 eos_token_id=stops, pad_token_id=pad)[:, width:]
-        for row in out.tolist():  # count up to and including the first stop token
+        rows = order[begin : begin + args.batch_size]
+        batch = [prompts[i] for i in rows]
+        if method == "model.generate":
+            width = max(len(p) for p in batch)
+            ids = torch.tensor([[pad] * (width - len(p)) + p for p in batch])
+            mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in batch])
+            with torch.inference_mode():
+                out = model.generate(ids, attention_mask=mask, max_new_tokens=args.max_tokens, do_sample=False,
+                                     eos_token_id=stops, pad_token_id=pad)[:, width:].tolist()
+        else:
+            out = AutoregressiveGenerator(model).generate(batch, max_new_tokens=args.max_tokens,
+                                                          eos_token_id=stops).sequences
+        for i, row in zip(rows, out):
             cut = next((k + 1 for k, t in enumerate(row) if t in stops), len(row))
             tokens += cut
-    return time.perf_counter() - start, tokens
+            answer = row[: cut - 1] if row[cut - 1] in stops else row[:cut]
+            answers[str(items[i]["id"])] = tokenizer.decode(answer, skip_special_tokens=True)
+    return time.perf_counter() - start, tokens, answers
 
 
 def main() -> None:
@@ -87,12 +107,13 @@ def main() -> None:
             metadata = json.loads((folder / "metadata.json").read_text())
             tokens = metadata["merged"]["num_generated_tokens"]
             results[backend] = {"seconds": seconds, "tokens": tokens, "tokens_per_second": tokens / seconds}
-    seconds, tokens = plain_generate(args)
-    results["model.generate"] = {"seconds": seconds, "tokens": tokens, "tokens_per_second": tokens / seconds}
-    reference = results["transformers"]["tokens_per_second"]
+    for method in ("static batches, stock kernels", "model.generate"):
+        seconds, tokens, answers[method] = in_process(args, method)
+        results[method] = {"seconds": seconds, "tokens": tokens, "tokens_per_second": tokens / seconds}
+    reference = results["static batches, stock kernels"]["tokens_per_second"]
     identical = {b: sum(answers[b][k] == answers["transformers"][k] for k in answers["transformers"])
                  for b in answers}
-    print("| backend | tokens | seconds | tok/s | vs toolkit's transformers backend | identical answers |")
+    print("| backend | tokens | seconds | tok/s | vs the previous generator | identical answers |")
     print("|---|---|---|---|---|---|")
     for name, entry in results.items():
         same = f"{identical[name]}/{len(answers['transformers'])}" if name in identical else "-"

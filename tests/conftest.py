@@ -1,19 +1,32 @@
 """Shared fixtures and markers: `single_thread` for the tiny-model tests, and the `cuda` tier, skipped cleanly
-where no GPU is present."""
+where no GPU is present (DRAFTER_CUDA_TIER_ON_CPU=1 runs that tier on the CPU instead: a dry run of the tests
+themselves on a machine without a GPU)."""
 
 from __future__ import annotations
+
+import importlib.util
+import os
 
 import pytest
 import torch
 
+CUDA_TIER_ON_CPU = os.environ.get("DRAFTER_CUDA_TIER_ON_CPU") == "1"
+
 
 def pytest_collection_modifyitems(config, items):
-    if torch.cuda.is_available():
-        return
-    skip = pytest.mark.skip(reason="needs a CUDA GPU (the `cuda` tier)")
+    skip_cuda = not (torch.cuda.is_available() or CUDA_TIER_ON_CPU)
+    skip_vllm = importlib.util.find_spec("vllm") is None
     for item in items:
-        if "cuda" in item.keywords:
-            item.add_marker(skip)
+        if skip_cuda and "cuda" in item.keywords:
+            item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU (the `cuda` tier)"))
+        if skip_vllm and "vllm" in item.keywords:
+            item.add_marker(pytest.mark.skip(reason="needs vLLM (the `vllm` tier: .venv-vllm/bin/python -m pytest)"))
+
+
+@pytest.fixture(scope="session")
+def tier_device() -> str:
+    """The `cuda` tier's device: cuda, or cpu for its dry run."""
+    return "cpu" if CUDA_TIER_ON_CPU and not torch.cuda.is_available() else "cuda"
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ from .autoregressive import AutoregressiveGenerator, autoregressive_generate
 from .base_lm import BaseLM, normalize_prompts, stop_token_ids
 from .decode import BatchedDecoder, DecodingState, StepOutput
 from .dtypes import DTYPES, torch_dtype
+from .kernels import SmallBatchLinear, small_batch_linear, stock_kernels, use_small_batch_kernels
 from .kv_cache import SlotKVCache
 from .loading import EMBEDDED_BASE_MODEL, base_model_config, load_base_model, load_tokenizer, resolve_model_path
 from .prompts import encode_chat_prompt, encode_chat_prompts, render_chat_prompt
@@ -25,6 +26,7 @@ __all__ = [
     "RowGenerators",
     "SamplingConfig",
     "SlotKVCache",
+    "SmallBatchLinear",
     "StepCallback",
     "StepOutput",
     "autoregressive_generate",
@@ -38,8 +40,11 @@ __all__ = [
     "resolve_model_path",
     "row_seed",
     "select_tokens",
+    "small_batch_linear",
+    "stock_kernels",
     "stop_token_ids",
     "torch_dtype",
+    "use_small_batch_kernels",
     "warp_logits",
     "warped_probs",
 ]

@@ -7,6 +7,7 @@ of a training batch), and only to the rows of the vocabulary that are needed (a 
 
 from __future__ import annotations
 
+import inspect
 import weakref
 from typing import List, Optional, Sequence, Tuple, Union
 
@@ -15,6 +16,7 @@ from transformers import Cache, DynamicCache, PreTrainedModel
 
 from ..store import fingerprint, fingerprint_bytes
 from .dtypes import at_least_float32
+from .kernels import small_batch_linear
 from .kv_cache import SlotKVCache, prefill_mask
 
 Prompts = Union[Sequence[Sequence[int]], torch.Tensor]
@@ -80,6 +82,9 @@ class BaseLM:
             if getattr(config, name, None) not in (None, 1.0):
                 raise NotImplementedError(f"base models with `{name}` on their logits are not supported")
         self.softcap = getattr(config, "final_logit_softcapping", None)
+        # transformers >= 5.24 names the decoder's cache argument `cache` (`past_key_values` is deprecated there).
+        parameters = inspect.signature(self.decoder.forward).parameters
+        self.cache_argument = "cache" if "cache" in parameters else "past_key_values"
 
     @property
     def device(self) -> torch.device:
@@ -166,8 +171,8 @@ class BaseLM:
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=cache.cache if isinstance(cache, SlotKVCache) else cache,
             use_cache=True,
+            **{self.cache_argument: cache.cache if isinstance(cache, SlotKVCache) else cache},
         )
         return out.last_hidden_state
 
@@ -188,7 +193,7 @@ class BaseLM:
             logits = at_least_float32(self.lm_head(hidden))
         else:
             weight, bias = self.output_rows(token_ids)
-            logits = at_least_float32(torch.nn.functional.linear(hidden.to(weight.dtype), weight, bias))
+            logits = at_least_float32(small_batch_linear(hidden.to(weight.dtype), weight, bias))
         if self.softcap:  # e.g. Gemma-2
             logits = torch.tanh(logits / self.softcap) * self.softcap
         return logits

@@ -50,6 +50,15 @@ class DecodingState:
         if isinstance(self.rng, RowGenerators):
             self.rng.select(keep)
 
+    def merge(self, other: "DecodingState") -> None:
+        """Append the rows of `other` (prompts that joined; same random source kind)."""
+        self.cache.merge(other.cache)
+        self.hidden = torch.cat([self.hidden, other.hidden])
+        self.next_tokens = torch.cat([self.next_tokens, other.next_tokens])
+        self.rows = self.rows + other.rows
+        if isinstance(self.rng, RowGenerators):
+            self.rng.extend(other.rng)
+
 
 @dataclass
 class StepOutput:
@@ -119,6 +128,7 @@ class BatchedDecoder:
         profile: bool = False,
         row_seeds: Optional[Sequence[int]] = None,
         on_finish: Optional[FinishCallback] = None,
+        max_batch_size: Optional[int] = None,
     ) -> GenerationResult:
         """Generate continuations for a batch of prompts.
 
@@ -135,6 +145,8 @@ class BatchedDecoder:
                 newly emitted tokens.
             on_finish: called with (prompt index, tokens) as soon as a sequence is complete.
             profile: synchronize the device at phase boundaries so `result.timing` is exact (slower on GPU).
+            max_batch_size: continuous batching: at most this many sequences decode together; as they finish,
+                waiting prompts are prefilled and join the running batch (in the given order). None: all at once.
         """
         prompt_lists = normalize_prompts(prompts, attention_mask)
         self._check_positions(prompt_lists, max_new_tokens)
@@ -148,6 +160,8 @@ class BatchedDecoder:
                 rng = RowGenerators.from_seeds(row_seeds, device)
             else:
                 rng = make_rng(device, seed, generator)
+        if max_batch_size is not None and max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
         tracker = OutputTracker(
             len(prompt_lists), max_new_tokens, eos_token_id, callback, self.num_draft_steps, on_finish
         )
@@ -155,20 +169,32 @@ class BatchedDecoder:
         self._check_modes()
         if max_new_tokens <= 0:
             return tracker.result(0, timer.timing)
+        waiting = _Waiting(prompt_lists, row_seeds, rng, sampling, device, max_batch_size or len(prompt_lists))
         with torch.inference_mode():
             with timer.phase("prefill"):
-                state = self.prefill(prompt_lists, sampling, rng)
-            return self.run(state, sampling, tracker, timer)
+                state = waiting.prefill(self, waiting.take(waiting.batch_size))
+            return self.run(state, sampling, tracker, timer, waiting)
 
     @torch.inference_mode()
-    def run(self, state, sampling: SamplingConfig, tracker: OutputTracker, timer: PhaseTimer) -> GenerationResult:
-        """The loop proper, from a prefilled state (any object with `rows`, `next_tokens` and `select`)."""
-        for row, token in zip(state.rows, state.next_tokens.tolist()):
-            tracker.emit(row, [token])
-        tracker.flush()
-        self._drop_finished(state, tracker)
+    def run(
+        self, state, sampling: SamplingConfig, tracker: OutputTracker, timer: PhaseTimer,
+        waiting: Optional["_Waiting"] = None,
+    ) -> GenerationResult:
+        """The loop proper, from a prefilled state (any object with `rows`, `next_tokens` and `select`); with
+        `waiting`, prompts join the batch as rows finish (states then also need `merge`)."""
+        self._start_rows(state, tracker)
         num_steps = 0
-        while state.rows:
+        while state.rows or (waiting is not None and waiting.rows):
+            if waiting is not None and waiting.rows and waiting.should_refill(len(state.rows)):
+                with timer.phase("prefill"):
+                    joining = waiting.prefill(self, waiting.take(waiting.batch_size - len(state.rows)))
+                self._start_rows(joining, tracker)
+                if not state.rows:
+                    state = joining
+                elif joining.rows:
+                    state.merge(joining)
+                if not state.rows:
+                    continue
             step = self.decode_step(state, sampling, timer)
             num_steps += 1
             with timer.phase("bookkeeping"):
@@ -179,8 +205,47 @@ class BatchedDecoder:
             tracker.flush()
         return tracker.result(num_steps, timer.timing)
 
+    def _start_rows(self, state, tracker: OutputTracker) -> None:
+        """Emit the first token of freshly prefilled rows; drop those it finishes."""
+        for row, token in zip(state.rows, state.next_tokens.tolist()):
+            tracker.emit(row, [token])
+        tracker.flush()
+        self._drop_finished(state, tracker)
+
     @staticmethod
     def _drop_finished(state, tracker: OutputTracker) -> None:
         keep = [i for i, row in enumerate(state.rows) if not tracker.finished[row]]
         if len(keep) < len(state.rows):
             state.select(keep)
+
+
+class _Waiting:
+    """The prompts not yet in the batch (continuous batching), with each one's random stream."""
+
+    def __init__(self, prompts: List[List[int]], row_seeds: Optional[Sequence[int]], rng: Randomness,
+                 sampling: SamplingConfig, device: torch.device, batch_size: int):
+        self.prompts = prompts
+        self.row_seeds = row_seeds
+        self.rng = rng
+        self.sampling = sampling
+        self.device = device
+        self.batch_size = batch_size
+        self.rows: List[int] = list(range(len(prompts)))
+
+    def take(self, count: int) -> List[int]:
+        taken, self.rows = self.rows[:count], self.rows[count:]
+        return taken
+
+    def should_refill(self, running: int) -> bool:
+        """Refill when a quarter of the batch is free (or nothing runs): a prefill per finished row would cost
+        more than the fuller batch gains."""
+        free = self.batch_size - running
+        return running == 0 or free >= max(1, self.batch_size // 4)
+
+    def prefill(self, decoder: "BatchedDecoder", rows: List[int]) -> DecodingState:
+        rng = self.rng
+        if isinstance(rng, RowGenerators):  # the joining rows' own streams
+            rng = RowGenerators.from_seeds([self.row_seeds[r] for r in rows], self.device)
+        state = decoder.prefill([self.prompts[r] for r in rows], self.sampling, rng)
+        state.rows = list(rows)
+        return state

@@ -105,6 +105,22 @@ class SlotKVCache:
         self.ends_host = [e + count for e in self.ends_host]
         self.ends = self.ends + count
 
+    def merge(self, other: "SlotKVCache") -> None:
+        """Append the rows of `other` to this batch (continuous batching: prompts joining running sequences).
+
+        Both caches are first padded at the front to the same slot count (holes, masked like any other); each
+        row keeps its [start, end) range, shifted by its cache's padding."""
+        slots = max(self.num_slots, other.num_slots)
+        for mine, theirs in zip(self.cache.layers, other.cache.layers):
+            for name in ("keys", "values"):
+                a, b = getattr(mine, name), getattr(theirs, name)
+                setattr(mine, name, torch.cat([_pad_front(a, slots), _pad_front(b.to(a.device), slots)], dim=0))
+        shift_a, shift_b = slots - self.num_slots, slots - other.num_slots
+        self.starts_host = [s + shift_a for s in self.starts_host] + [s + shift_b for s in other.starts_host]
+        self.ends_host = [e + shift_a for e in self.ends_host] + [e + shift_b for e in other.ends_host]
+        self.starts = torch.cat([self.starts + shift_a, other.starts.to(self.starts.device) + shift_b])
+        self.ends = torch.cat([self.ends + shift_a, other.ends.to(self.ends.device) + shift_b])
+
     def select(self, rows: Sequence[int]) -> None:
         """Keep only `rows` of the batch (in that order) and drop slots no kept sequence uses at the front."""
         index = torch.tensor(list(rows), dtype=torch.long, device=self.ends.device)
@@ -120,6 +136,15 @@ class SlotKVCache:
         self.ends_host = [e - front for e in self.ends_host]
         self.starts = self.starts[index] - front
         self.ends = self.ends[index] - front
+
+
+def _pad_front(states: torch.Tensor, slots: int) -> torch.Tensor:
+    """(B, H, S, D) -> (B, H, slots, D) with zero slots in front."""
+    missing = slots - states.shape[2]
+    if missing == 0:
+        return states
+    pad = states.new_zeros(states.shape[0], states.shape[1], missing, states.shape[3])
+    return torch.cat([pad, states], dim=2)
 
 
 def prefill_mask(starts: torch.Tensor, length: int, dtype: torch.dtype) -> torch.Tensor:

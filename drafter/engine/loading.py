@@ -13,6 +13,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTra
 
 from ..store import atomic_dir, cache_root, fingerprint
 from .dtypes import torch_dtype
+from .kernels import use_small_batch_kernels
 
 logger = logging.getLogger(__name__)
 
@@ -122,11 +123,13 @@ def load_base_model(
     dtype: Union[str, torch.dtype, None] = None,
     device: Union[str, torch.device, None] = None,
     trust_remote_code: bool = False,
+    small_batch_kernels: bool = True,
 ) -> PreTrainedModel:
     """Load a causal LM as a frozen base model (eval mode, no gradients).
 
     `name_or_path`: a hub id, a local HF folder, a `.gguf` file, a PEFT adapter folder (its base is loaded
-    and the adapter merged in), or `EMBEDDED_BASE_MODEL`.
+    and the adapter merged in), or `EMBEDDED_BASE_MODEL`. `small_batch_kernels`: on CPU in float32, run its
+    linear layers through the few-row path of `kernels.py` (False: torch's own kernels).
     """
     path, kwargs = resolve_model_path(name_or_path)
     load_dtype = _load_dtype(dtype)
@@ -134,7 +137,8 @@ def load_base_model(
     if adapter_base is not None:
         from peft import PeftModel
 
-        base = load_base_model(adapter_base, dtype=load_dtype, trust_remote_code=trust_remote_code)
+        base = load_base_model(adapter_base, dtype=load_dtype, trust_remote_code=trust_remote_code,
+                               small_batch_kernels=False)
         model = PeftModel.from_pretrained(base, path).merge_and_unload()
     else:
         model = AutoModelForCausalLM.from_pretrained(
@@ -144,6 +148,8 @@ def load_base_model(
     if device is not None:
         model.to(device)
     model.eval().requires_grad_(False)
+    if small_batch_kernels:
+        use_small_batch_kernels(model)
     return model
 
 

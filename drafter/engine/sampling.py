@@ -80,6 +80,11 @@ class RowGenerators:
         self.generators = [self.generators[i] for i in keep]
         self.counts = [self.counts[i] for i in keep]
 
+    def extend(self, other: "RowGenerators") -> None:
+        """Append the row groups of `other` (rows joining the batch)."""
+        self.generators += other.generators
+        self.counts += other.counts
+
 
 Randomness = Union[torch.Generator, RowGenerators, None]
 

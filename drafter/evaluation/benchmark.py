@@ -1,8 +1,15 @@
 """Speed benchmark: speculative decoding against plain decoding on the same prompts, in one run.
 
 Methods (all greedy, batch 1, same prompts, same max_new_tokens):
-  hf_generate    transformers `generate(do_sample=False)`, the reference for speed-up and identity;
+  hf_generate    transformers `generate(do_sample=False)` on the loaded base model (same linear kernels as the
+                 speculative path), the reference for speed-up and identity;
   autoregressive this project's own plain loop (same cache and harness as the speculative path);
+  peers a user would pick instead, on request (`baselines`):
+  stock_generate `generate` with torch's stock linear kernels (`engine.kernels.stock_kernels`), i.e. plain
+                 transformers as installed;
+  prompt_lookup  transformers' prompt-lookup decoding (`prompt_lookup_num_tokens=10`);
+  static_compile `generate` with a static cache and a compiled forward (`cache_implementation="static"`);
+  vllm_plain, vllm_ngram  vLLM (CPU build or CUDA) plain and n-gram speculative decoding (`vllm_peers.py`);
   one method per named speculator (drafter + tree verification), so several drafters are compared in ONE run.
 
 Definitions follow Spec-Bench: tau is the mean number of tokens a verification step adds, bonus token
@@ -17,17 +24,28 @@ import os
 import platform
 import statistics
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 import torch
 from tqdm.auto import tqdm
-from transformers import PreTrainedModel
+from transformers import CompileConfig, PreTrainedModel
 
 from ..engine.autoregressive import AutoregressiveGenerator
+from ..engine.kernels import stock_kernels
 from ..generation import SpeculativeGenerator
+from .vllm_peers import VLLM_PEERS, VllmPeer
 
-BASELINE_METHODS = ("hf_generate", "autoregressive")
+DEFAULT_BASELINES = ("hf_generate", "autoregressive")
+# Method name -> extra `generate` keyword arguments (and whether it runs with torch's stock kernels).
+GENERATE_PEERS: dict[str, tuple[dict[str, Any], bool]] = {
+    "hf_generate": ({}, False),
+    "stock_generate": ({}, True),
+    "prompt_lookup": ({"prompt_lookup_num_tokens": 10}, False),
+    "static_compile": ({"cache_implementation": "static"}, False),  # + a compile config, see _generate
+}
+BASELINE_METHODS = (*GENERATE_PEERS, "autoregressive", *VLLM_PEERS)
 
 
 @dataclass
@@ -47,7 +65,7 @@ class BenchmarkConfig:
     max_new_tokens: int = 128
     repeats: int = 1
     warmup: int = 1
-    baselines: Sequence[str] = BASELINE_METHODS
+    baselines: Sequence[str] = DEFAULT_BASELINES
 
 
 def _sync(device: torch.device) -> None:
@@ -87,6 +105,8 @@ class SpeedBenchmark:
         self.pad_token_id = pad_token_id
         self.device = base_model.device
         self.generators = {"autoregressive": AutoregressiveGenerator(base_model), **speculators}
+        self.vllm_peers = {method: VllmPeer(base_model.config.name_or_path, VLLM_PEERS[method])
+                           for method in config.baselines if method in VLLM_PEERS}
         self.speculator_names = list(speculators)
         self.methods = [*config.baselines, *self.speculator_names]
         self.runs: dict[str, list[PromptRun]] = {m: [] for m in self.methods}
@@ -95,20 +115,14 @@ class SpeedBenchmark:
         cfg = self.config
         _sync(self.device)
         start = time.perf_counter()
-        if method == "hf_generate":
-            input_ids = torch.tensor([prompt], device=self.device)
-            with torch.inference_mode():
-                out = self.base_model.generate(
-                    input_ids,
-                    attention_mask=torch.ones_like(input_ids),
-                    max_new_tokens=cfg.max_new_tokens,
-                    do_sample=False,
-                    eos_token_id=self.eos_token_id,
-                    pad_token_id=self.pad_token_id,
-                )
+        if method in GENERATE_PEERS or method in self.vllm_peers:
+            if method in GENERATE_PEERS:
+                tokens = self._generate(prompt, *GENERATE_PEERS[method])
+            else:
+                tokens = self.vllm_peers[method].generate(prompt, cfg.max_new_tokens, self.eos_token_id)
             _sync(self.device)
             seconds = time.perf_counter() - start
-            return PromptRun(tokens=out[0, len(prompt):].tolist(), seconds=seconds), seconds
+            return PromptRun(tokens=tokens, seconds=seconds), seconds
         result = self.generators[method].generate(
             [prompt], max_new_tokens=cfg.max_new_tokens, eos_token_id=self.eos_token_id
         )
@@ -129,6 +143,24 @@ class SpeedBenchmark:
             },
         )
         return run, seconds
+
+    def _generate(self, prompt: list[int], extra: dict[str, Any], stock: bool) -> list[int]:
+        if extra.get("cache_implementation") == "static":
+            compile_config = CompileConfig(mode="default")
+            compile_config._compile_all_devices = True  # transformers compiles only on accelerators unless told
+            extra = {**extra, "compile_config": compile_config}
+        input_ids = torch.tensor([prompt], device=self.device)
+        with torch.inference_mode(), stock_kernels(self.base_model) if stock else nullcontext():
+            out = self.base_model.generate(
+                input_ids,
+                attention_mask=torch.ones_like(input_ids),
+                max_new_tokens=self.config.max_new_tokens,
+                do_sample=False,
+                eos_token_id=self.eos_token_id,
+                pad_token_id=self.pad_token_id,
+                **extra,
+            )
+        return out[0, len(prompt):].tolist()
 
     def run(
         self,

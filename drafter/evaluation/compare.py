@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 from transformers import PreTrainedModel
 
+from ..data.calibration import CALIBRATION_PROMPTS
 from ..engine.prompts import encode_chat_prompts
 from ..generation import SpeculativeGenerator
+from ..generation.tree_budget import TreePlan, plan_tree_shape
 from .answers import AnswerLog
 from .benchmark import BenchmarkConfig, PromptRun, SpeedBenchmark
 
@@ -33,6 +35,29 @@ class TreeShape:
             top_k_tokens_per_head=self.top_k_tokens_per_head, n_candidates=self.n_candidates,
             allow_base_mismatch=allow_base_mismatch,
         )
+
+
+def parse_tree_shape(text: str) -> Optional[TreeShape]:
+    """"WxL" (beam width x beam length, e.g. 2x3) -> TreeShape; "auto" -> None (planned by `auto_tree_shape`)."""
+    if text == "auto":
+        return None
+    width, sep, length = text.lower().partition("x")
+    if not (sep and width.isdigit() and length.isdigit()) or int(width) < 1 or int(length) < 2:
+        raise ValueError(f"tree shape {text!r}: expected WxL with W >= 1, L >= 2 (e.g. 2x3), or auto")
+    return TreeShape(beam_width=int(width), beam_length=int(length))
+
+
+def auto_tree_shape(
+    base: PreTrainedModel, tokenizer: Any, drafter: Any, max_width: int = 4, log: Callable[[str], None] = print
+) -> tuple[TreeShape, TreePlan]:
+    """`--tree_budget auto`: the beam shape with the highest expected tokens/s for `drafter` on this machine,
+    calibrated on the project's calibration prompts (see `generation.tree_budget`); prints the choice and why."""
+    chats = [{"messages": [{"role": "user", "content": text}]} for text in CALIBRATION_PROMPTS]
+    prompts = encode_chat_prompts(tokenizer, chats)
+    plan = plan_tree_shape(base, drafter, prompts, widths=range(1, max_width + 1),
+                           eos_token_id=tokenizer.eos_token_id, log=log)
+    log(plan.explain())
+    return TreeShape(beam_width=plan.best.beam_width, beam_length=plan.best.beam_length), plan
 
 
 def compare_drafters(

@@ -23,6 +23,7 @@ import torch
 from transformers import PreTrainedModel
 
 from ..engine.decode import BatchedDecoder, DecodingState, StepOutput
+from ..engine.kernels import use_small_batch_kernels
 from ..engine.result import PhaseTimer
 from ..engine.sampling import RowGenerators, SamplingConfig, warped_probs
 from .drafting import beam_search, num_topk_candidates, topk_tree_candidates
@@ -63,6 +64,7 @@ class SpeculativeGenerator(BatchedDecoder):
     ):
         super().__init__(base_model)
         drafter.check_base_model(base_model, allow_weight_mismatch=allow_base_mismatch)
+        use_small_batch_kernels(drafter)  # beam search runs its heads on W rows
         self.top_k_tokens_per_head = None
         self.n_candidates = n_candidates
         if top_k_tokens_per_head is not None:

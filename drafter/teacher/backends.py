@@ -60,27 +60,28 @@ def generate_with_transformers(
     stop_ids: Sequence[int],
     emit: EmitFn,
 ) -> None:
-    """Batches of prompts through the engine's decode loop: one seeded random stream per prompt, and every
-    answer handed to `emit` the moment it is complete (so it reaches the shard file while the batch goes on)."""
+    """The prompts through the engine's decode loop with continuous batching (at most `batch_size` rows; waiting
+    prompts join as answers finish): one seeded random stream per prompt, and every answer handed to `emit` the
+    moment it is complete (so it reaches the shard file while the others go on)."""
     decoder = AutoregressiveGenerator(model)
     stops = set(stop_ids)
-    # Longest first: homogeneous batches, and the memory peak (and a slow ETA) shows up at once.
+    # Longest first: the memory peak (and a slow ETA) shows up at once.
     order = sorted(jobs, key=lambda job: len(job.token_ids), reverse=True)
-    for start in range(0, len(order), batch_size):
-        batch = order[start : start + batch_size]
 
-        def finished(row: int, tokens: List[int], batch: List[TeacherJob] = batch) -> None:
-            emit(batch[row], list(tokens), "stop" if tokens[-1] in stops else "length", None)
+    def finished(row: int, tokens: List[int]) -> None:
+        emit(order[row], list(tokens), "stop" if tokens[-1] in stops else "length", None)
 
+    if order:
         decoder.generate(
-            [job.token_ids for job in batch],
+            [job.token_ids for job in order],
             max_new_tokens=config.max_tokens,
             eos_token_id=list(stop_ids),
             temperature=config.temperature,
             top_k=config.top_k,
             top_p=config.top_p,
-            row_seeds=None if config.greedy else [job.seed for job in batch],
+            row_seeds=None if config.greedy else [job.seed for job in order],
             on_finish=finished,
+            max_batch_size=batch_size,
         )
 
 
@@ -129,10 +130,11 @@ def vllm_dtype(llm: Any) -> str:
 
 def load_vllm_engine(
     llm_name_or_path: str, tensor_parallel: int = 1, dtype: str = "float32", seed: int = 0,
-    num_threads: Optional[int] = None,
+    num_threads: Optional[int] = None, **engine_kwargs: Any,
 ):
     """A vLLM engine for `llm_name_or_path` (embedded / .gguf names resolved as by load_base_model). On a machine
-    without CUDA, the CPU settings of `vllm_cpu_environment` are applied first (LD_PRELOAD excepted)."""
+    without CUDA, the CPU settings of `vllm_cpu_environment` are applied first (LD_PRELOAD excepted).
+    `engine_kwargs` go to `vllm.LLM` (e.g. speculative_config)."""
     if not vllm_installed():
         raise ImportError(
             "--backend vllm needs vLLM: pip install vllm on a CUDA machine, or bash scripts/bootstrap_vllm.sh "
@@ -148,4 +150,5 @@ def load_vllm_engine(
 
     path, kwargs = resolve_model_path(llm_name_or_path)
     model = str(Path(path) / kwargs["gguf_file"]) if "gguf_file" in kwargs else path
-    return LLM(model=model, tokenizer=path, tensor_parallel_size=int(tensor_parallel), dtype=dtype, seed=int(seed))
+    return LLM(model=model, tokenizer=path, tensor_parallel_size=int(tensor_parallel), dtype=dtype, seed=int(seed),
+               **engine_kwargs)

@@ -137,6 +137,7 @@ def teacher_cache_dir(
     backend: str,
     dtype: str,
     exclude: Sequence[str] = (),
+    turns: str = "first",
 ) -> Path:
     """Default output folder: ``<DRAFTER_CACHE>/teacher/<source>-<key>``, key = hash of model, source, params
     (and the datasets whose prompts were excluded, when any)."""
@@ -154,6 +155,8 @@ def teacher_cache_dir(
     }
     if exclude:
         payload["exclude"] = sorted(exclude)
+    if turns != "first":
+        payload["turns"] = turns
     label = Path(str(dataset_name).rstrip("/\\")).stem or "dataset"
     return cache_root() / "teacher" / f"{label}-{fingerprint(payload, length=20)}"
 

@@ -61,7 +61,6 @@ from .backends import (
 from .config import (
     BACKENDS,
     DATA_FILE,
-    SKIPPED_REASON,
     TeacherGenerationConfig,
     TeacherGenerationResult,
     check_or_write_metadata,
@@ -69,8 +68,9 @@ from .config import (
     teacher_cache_dir,
     teacher_identity,
 )
-from .jobs import TeacherJob, prepare_prompt, shard_indices
+from .jobs import TeacherJob, answer_jobs, prepare_prompt, shard_indices, write_skipped
 from .merge import done_ids, merge_teacher_shards
+from .turns import answer_all_turns, conversation_prompts, turn_prompts
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +92,7 @@ def generate_teacher_data(
     merge: bool = True,
     progress: bool = True,
     on_example: Optional[Callable[[Dict[str, Any]], None]] = None,
+    all_turns: bool = False,
 ) -> TeacherGenerationResult:
     """Let the base model answer `prompts` and append the answers to a shard file under `output_dir`.
 
@@ -109,6 +110,9 @@ def generate_teacher_data(
         merge: write ``data.jsonl`` when, after this shard, every prompt of the folder is done.
         progress: show a progress bar (prompts, tokens/s, ETA).
         on_example: called with every row right after it is written (tests use it to simulate a kill).
+        all_turns: answer every turn of each conversation, the model's own answers as the context of later turns
+            (`turns.py`); `prompts` items then carry ``"turns"`` (`turns.conversation_turns`), one row is written
+            per (conversation, turn) and data.jsonl holds each conversation's last answered turn.
 
     Resumes: prompts already in any shard file of the folder are skipped. Raises
     `TeacherDataMismatchError` when the folder was generated with a different identity.
@@ -126,31 +130,43 @@ def generate_teacher_data(
         raise ValueError("the tokenizer/model define no EOS token to stop answers at")
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    identity = _identity(model, vllm_engine, model_id, tokenizer, prompts, config)
+    # With all turns, a folder is one row per (conversation, turn); its identity covers every turn's messages.
+    rows_expected = turn_prompts(prompts) if all_turns else prompts
+    identity = _identity(model, vllm_engine, model_id, tokenizer, rows_expected, config)
+    if all_turns:
+        identity["turns"] = "all"
     check_or_write_metadata(output_dir, identity, {"source": dict(source or {}), "created": time.time()})
     shard_path = output_dir / shard_file_name(num_shards, shard_index)
     lock = _claim(shard_path)
     try:
         with ShardAppender(shard_path, on_row=on_example) as shard:  # cuts a partially written last row first
-            jobs, skipped, num_resumed = _plan_jobs(tokenizer, prompts, selected, done_ids(output_dir), config)
-            if num_resumed:
-                logger.info("%s: resuming, %d of %d prompts of this shard already done", shard_path, num_resumed,
-                            len(selected))
-            for job in skipped:
-                logger.warning("prompt %s does not fit max_prompt_tokens=%d; skipped", job.prompt["id"],
-                               config.max_prompt_tokens)
-                shard.write({**job.row(SKIPPED_REASON, 0), "messages": job.messages})
-            label = f"Teacher shard {shard_index}/{num_shards}"
+            label = f"Teacher shard {shard_index}/{num_shards}" if progress else None
             backend_fn = generate_with_vllm if vllm_engine else generate_with_transformers
-            generated, tokens, seconds = _answer(model, tokenizer, jobs, config, batch_size, stop_ids, backend_fn,
-                                                 shard, label if progress else None)
+
+            def answer(jobs: List[TeacherJob], bar_label: Optional[str]) -> Tuple[int, int, float]:
+                return answer_jobs(model, tokenizer, jobs, config, batch_size, stop_ids, backend_fn, shard, bar_label)
+
+            if all_turns:
+                num_rows = sum(len(prompts[i]["turns"]) for i in selected)
+                generated, tokens, seconds, num_resumed, num_skipped = answer_all_turns(
+                    tokenizer, prompts, selected, output_dir, config, shard, answer, label)
+            else:
+                num_rows = len(selected)
+                jobs, skipped, num_resumed = _plan_jobs(tokenizer, prompts, selected, done_ids(output_dir), config)
+                write_skipped(shard, skipped, config)
+                generated, tokens, seconds = answer(jobs, label)
+                num_skipped = len(skipped)
+            if num_resumed:
+                logger.info("%s: resumed, %d of %d rows of this shard were already done", shard_path, num_resumed,
+                            num_rows)
     finally:
         lock.release()
     if generated:
         logger.info("%s: generated %d answers, %d tokens in %.1f s (%.1f tokens/s)",
                     shard_path.name, generated, tokens, seconds, tokens / max(seconds, 1e-9))
-    data_path = _merge_if_complete(output_dir, ids, changed=bool(generated or skipped)) if merge else None
-    return TeacherGenerationResult(output_dir, shard_path, len(selected), generated, num_resumed, tokens, seconds,
+    expected_ids = [str(row["id"]) for row in rows_expected]
+    data_path = _merge_if_complete(output_dir, expected_ids, changed=bool(generated or num_skipped)) if merge else None
+    return TeacherGenerationResult(output_dir, shard_path, num_rows, generated, num_resumed, tokens, seconds,
                                    data_path)
 
 
@@ -198,42 +214,6 @@ def _plan_jobs(
     return jobs, skipped, num_resumed
 
 
-def _answer(
-    model: Any,
-    tokenizer: Any,
-    jobs: List[TeacherJob],
-    config: TeacherGenerationConfig,
-    batch_size: int,
-    stop_ids: List[int],
-    backend_fn: Callable[..., None],
-    shard: ShardAppender,
-    progress_label: Optional[str],
-) -> Tuple[int, int, float]:
-    """Answer `jobs`, writing each row as it finishes; returns (answers, tokens, seconds)."""
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=len(jobs), unit="prompt", desc=progress_label, disable=progress_label is None or not jobs)
-    stats = {"generated": 0, "tokens": 0}
-    start_time = time.perf_counter()
-
-    def emit(job: TeacherJob, tokens: List[int], reason: str, answer: Optional[str] = None) -> None:
-        if answer is None:  # the stop token ends the answer; it is counted but not written
-            answer = tokenizer.decode(tokens[:-1] if reason == "stop" else tokens, skip_special_tokens=True)
-        shard.write({**job.row(reason, len(tokens)),
-                     "messages": job.messages + [{"role": "assistant", "content": answer}]})
-        stats["generated"] += 1
-        stats["tokens"] += len(tokens)
-        bar.set_postfix_str(f"{stats['tokens'] / max(time.perf_counter() - start_time, 1e-9):.1f} tok/s",
-                            refresh=False)
-        bar.update(1)
-
-    try:
-        backend_fn(model, jobs, config, batch_size, stop_ids, emit)
-    finally:
-        bar.close()
-    return stats["generated"], stats["tokens"], time.perf_counter() - start_time
-
-
 def _merge_if_complete(output_dir: Path, ids: Sequence[str], changed: bool) -> Optional[Path]:
     """data.jsonl once every prompt of the folder is done (merged again only when something changed)."""
     missing = set(ids) - done_ids(output_dir)
@@ -270,6 +250,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--top_p", type=float, default=None)
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (per prompt: hash of seed and id)")
     parser.add_argument("--max_prompt_tokens", type=int, default=512)
+    parser.add_argument("--turns", choices=("first", "all"), default="first",
+                        help="all: answer every turn of multi-turn conversations, the model's own earlier answers "
+                             "as context (resumable per conversation and turn)")
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--backend", choices=("auto", *BACKENDS), default="auto",
                         help="auto: vllm when it is installed (scripts/bootstrap_vllm.sh), else transformers")
@@ -307,7 +290,7 @@ def main(argv: Optional[Sequence[str]] = None) -> TeacherGenerationResult | Path
     dtype_label = args.dtype or "float32"
     output_dir = Path(args.output_dir) if args.output_dir else teacher_cache_dir(
         args.llm_name_or_path, args.dataset_name, args.max_examples, args.data_seed, config, backend,
-        dtype_label, exclude=args.exclude_dataset,
+        dtype_label, exclude=args.exclude_dataset, turns=args.turns,
     )
     if args.merge:
         path = merge_teacher_shards(output_dir, allow_partial=args.allow_partial)
@@ -320,12 +303,15 @@ def main(argv: Optional[Sequence[str]] = None) -> TeacherGenerationResult | Path
     if args.num_threads:
         torch.set_num_threads(args.num_threads)
     tokenizer = load_tokenizer(args.llm_name_or_path)
-    prompts = load_prompts(args.dataset_name, max_examples=args.max_examples, seed=args.data_seed)
+    if args.turns == "all":
+        prompts = conversation_prompts(args.dataset_name, args.max_examples, args.data_seed)
+    else:
+        prompts = load_prompts(args.dataset_name, max_examples=args.max_examples, seed=args.data_seed)
     for excluded in args.exclude_dataset:
         prompts, dropped = exclude_prompts_of(prompts, excluded)
         print(f"Dropped {dropped} prompts that hold a '{excluded}' question")
     source = {"dataset_name": args.dataset_name, "max_examples": args.max_examples, "data_seed": args.data_seed,
-              "exclude_dataset": list(args.exclude_dataset)}
+              "exclude_dataset": list(args.exclude_dataset), "turns": args.turns}
     if backend == "vllm":
         # vLLM's engine runs in child processes that outlive a SIGTERM'd parent (one kept a core busy for an hour):
         # turn SIGTERM into an exit, so vLLM's shutdown hooks stop them.
@@ -347,6 +333,7 @@ def main(argv: Optional[Sequence[str]] = None) -> TeacherGenerationResult | Path
         model_id=args.llm_name_or_path,
         source=source,
         progress=not args.no_progress,
+        all_turns=args.turns == "all",
     )
     print(
         f"Shard {args.shard_index}/{args.num_shards}: {result.num_generated} generated, {result.num_resumed} resumed "

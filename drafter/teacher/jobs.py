@@ -1,11 +1,18 @@
-"""Teacher prompts: which shard generates which prompt, the prompt tokens (cut to fit), and the rows written."""
+"""Teacher prompts: which shard generates which prompt, the prompt tokens (cut to fit), and answering them into
+the shard file."""
 
 from __future__ import annotations
 
+import logging
+import time
 from dataclasses import dataclass
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ..engine.prompts import clean_messages, encode_chat_prompt, encode_text
+from ..store import ShardAppender
+from .config import SKIPPED_REASON, TeacherGenerationConfig
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -18,6 +25,7 @@ class TeacherJob:
     token_ids: List[int]
     truncated: bool
     seed: int
+    turn: Optional[int] = None  # all-turn data: which assistant turn of the conversation this answers
 
     def row(self, finish_reason: str, num_tokens: int) -> Dict[str, Any]:
         """The shard row of this prompt (``messages`` filled in by the caller)."""
@@ -33,6 +41,8 @@ class TeacherJob:
         for extra in ("question_id", "category"):
             if extra in self.prompt:
                 row[extra] = self.prompt[extra]
+        if self.turn is not None:
+            row["turn"] = self.turn
         return row
 
 
@@ -72,3 +82,47 @@ def prepare_prompt(
             return ids, cut, True
         budget -= max(1, len(ids) - max_prompt_tokens)  # re-tokenisation at the cut may merge differently
     return None, messages, True
+
+
+def write_skipped(shard: ShardAppender, jobs: Sequence[TeacherJob], config: TeacherGenerationConfig) -> None:
+    """Rows for prompts that cannot fit: they count as done, and merging leaves them out."""
+    for job in jobs:
+        logger.warning("prompt %s does not fit max_prompt_tokens=%d; skipped", job.prompt["id"],
+                       config.max_prompt_tokens)
+        shard.write({**job.row(SKIPPED_REASON, 0), "messages": job.messages})
+
+
+def answer_jobs(
+    model: Any,
+    tokenizer: Any,
+    jobs: List[TeacherJob],
+    config: TeacherGenerationConfig,
+    batch_size: int,
+    stop_ids: List[int],
+    backend_fn: Callable[..., None],
+    shard: ShardAppender,
+    progress_label: Optional[str],
+) -> Tuple[int, int, float]:
+    """Answer `jobs`, writing each row as it finishes; returns (answers, tokens, seconds)."""
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(jobs), unit="prompt", desc=progress_label, disable=progress_label is None or not jobs)
+    stats = {"generated": 0, "tokens": 0}
+    start_time = time.perf_counter()
+
+    def emit(job: TeacherJob, tokens: List[int], reason: str, answer: Optional[str] = None) -> None:
+        if answer is None:  # the stop token ends the answer; it is counted but not written
+            answer = tokenizer.decode(tokens[:-1] if reason == "stop" else tokens, skip_special_tokens=True)
+        shard.write({**job.row(reason, len(tokens)),
+                     "messages": job.messages + [{"role": "assistant", "content": answer}]})
+        stats["generated"] += 1
+        stats["tokens"] += len(tokens)
+        bar.set_postfix_str(f"{stats['tokens'] / max(time.perf_counter() - start_time, 1e-9):.1f} tok/s",
+                            refresh=False)
+        bar.update(1)
+
+    try:
+        backend_fn(model, jobs, config, batch_size, stop_ids, emit)
+    finally:
+        bar.close()
+    return stats["generated"], stats["tokens"], time.perf_counter() - start_time

@@ -6,7 +6,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any, Dict, Set, Union
+from typing import Any, Dict, List, Sequence, Set, Union
 
 from ..store import read_jsonl_rows, shard_files, write_json, write_jsonl
 from .config import DATA_FILE, METADATA_FILE, SKIPPED_REASON
@@ -14,13 +14,35 @@ from .config import DATA_FILE, METADATA_FILE, SKIPPED_REASON
 logger = logging.getLogger(__name__)
 
 
+def rows_by_id(output_dir: Path) -> Dict[str, Dict[str, Any]]:
+    """Every row of the folder's shard files by id (the first, should a row ever be there twice)."""
+    rows: Dict[str, Dict[str, Any]] = {}
+    for shard in shard_files(output_dir):
+        for row in read_jsonl_rows(shard):
+            rows.setdefault(row["id"], row)
+    return rows
+
+
 def done_ids(output_dir: Path) -> Set[str]:
     """Ids of the prompts that some shard file of the folder already holds."""
-    return {row["id"] for shard in shard_files(output_dir) for row in read_jsonl_rows(shard)}
+    return set(rows_by_id(output_dir))
+
+
+def last_turn_rows(rows: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """Per conversation (rows' `index`), its row of the highest turn that has an answer, in conversation order."""
+    best: Dict[int, Dict[str, Any]] = {}
+    for row in rows:
+        if row.get("finish_reason") == SKIPPED_REASON:
+            continue
+        kept = best.get(row["index"])
+        if kept is None or row.get("turn", 1) > kept.get("turn", 1):
+            best[row["index"]] = row
+    return [best[index] for index in sorted(best)]
 
 
 def merge_teacher_shards(output_dir: Union[str, os.PathLike], allow_partial: bool = False) -> Path:
-    """Merge the shard files of a teacher folder into ``data.jsonl`` (prompt order, one row per prompt).
+    """Merge the shard files of a teacher folder into ``data.jsonl`` (prompt order, one row per prompt; with all
+    turns, one row per conversation: its last answered turn).
 
     Refuses (ValueError) while prompts are missing unless `allow_partial`. Rows of prompts that were too long
     are left out. Written atomically; returns the path of data.jsonl.
@@ -49,8 +71,11 @@ def merge_teacher_shards(output_dir: Union[str, os.PathLike], allow_partial: boo
                 f"{output_dir}: {expected - len(by_id)} of {expected} prompts are not generated yet; run the "
                 "missing shards (they resume), or merge with allow_partial / --allow_partial."
             )
-        rows = sorted(by_id.values(), key=lambda row: row["index"])
-        kept = [row for row in rows if row.get("finish_reason") != SKIPPED_REASON]
+        rows = sorted(by_id.values(), key=lambda row: (row["index"], row.get("turn", 1)))
+        if metadata["identity"].get("turns") == "all":  # one row per conversation: its last answered turn
+            kept = last_turn_rows(rows)
+        else:
+            kept = [row for row in rows if row.get("finish_reason") != SKIPPED_REASON]
         data_path = output_dir / DATA_FILE
         write_jsonl(data_path, kept)
         finish_reasons: Dict[str, int] = {}

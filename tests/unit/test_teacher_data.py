@@ -78,6 +78,10 @@ def greedy_reference(model, tokenizer, prompt, stop_ids, max_tokens=MAX_TOKENS):
 
 @pytest.fixture(scope="module")
 def model(tokenizer):
+    return make_stopping_model(tokenizer)
+
+
+def make_stopping_model(tokenizer) -> LlamaForCausalLM:
     """The tiny model, with an extra stop token chosen so that some answers stop early and others run to
     max_tokens: batches then shrink while decoding (the row-dropping path)."""
     tiny = make_model(tokenizer)

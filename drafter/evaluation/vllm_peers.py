@@ -1,0 +1,56 @@
+"""vLLM as a peer in the speed benchmark (`--baselines vllm_plain vllm_ngram`): what a user would run instead of
+the project's decoder, at batch 1 on the same prompts, interleaved with the other methods.
+
+vLLM's V1 engine runs the model in its own engine process; on a CPU machine that process is started with the
+environment of `vllm_cpu_environment` (both cores, its Intel OpenMP runtime preloaded) by spawning it, so this
+process keeps torch's own threading for the methods it times itself.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Dict, List, Optional
+
+from ..teacher.backends import load_vllm_engine, vllm_cpu_environment, vllm_installed
+
+# Method name -> vLLM speculative_config (None: plain decoding).
+VLLM_PEERS: Dict[str, Optional[Dict[str, Any]]] = {
+    "vllm_plain": None,
+    "vllm_ngram": {"method": "ngram", "num_speculative_tokens": 3, "prompt_lookup_max": 4, "prompt_lookup_min": 2},
+}
+
+
+class VllmPeer:
+    """One vLLM engine (started here: tens of seconds) answering one prompt at a time, greedy."""
+
+    def __init__(self, llm_name_or_path: str, speculative_config: Optional[Dict[str, Any]]):
+        if not vllm_installed():
+            raise ImportError("the vllm_* baselines need vLLM in this environment: bash scripts/bootstrap_vllm.sh, "
+                              "then run with .venv-vllm/bin/python (CPU), or pip install vllm (CUDA)")
+        self.llm_name_or_path = llm_name_or_path
+        self.speculative_config = speculative_config
+        self._engine = self._load()
+
+    def _load(self) -> Any:
+        import torch
+
+        if not torch.cuda.is_available():
+            # Batch 1: a small KV cache per engine (GiB), unless the user set one.
+            environment = vllm_cpu_environment(environ={"VLLM_CPU_KVCACHE_SPACE": "1", **os.environ})
+            for key in ("LD_PRELOAD", "VLLM_CPU_OMP_THREADS_BIND", "VLLM_CPU_NUM_OF_RESERVED_CPU",
+                        "VLLM_CPU_KVCACHE_SPACE"):
+                if key in environment:
+                    os.environ[key] = environment[key]
+            # Spawned (not forked) engine processes start with the preload; this process has already started.
+            os.environ["VLLM_WORKER_MULTIPROC_METHOD"] = "spawn"
+        kwargs = {"speculative_config": self.speculative_config} if self.speculative_config else {}
+        return load_vllm_engine(self.llm_name_or_path, dtype="float32", **kwargs)
+
+    def generate(self, prompt: List[int], max_new_tokens: int, eos_token_id: Any) -> List[int]:
+        from vllm import SamplingParams
+
+        stops = eos_token_id if isinstance(eos_token_id, (list, tuple)) else [eos_token_id]
+        params = SamplingParams(temperature=0.0, max_tokens=max_new_tokens,
+                                stop_token_ids=[int(t) for t in stops if t is not None])
+        output = self._engine.generate([{"prompt_token_ids": list(prompt)}], params, use_tqdm=False)
+        return list(output[0].outputs[0].token_ids)
