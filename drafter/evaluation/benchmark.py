@@ -189,6 +189,11 @@ class SpeedBenchmark:
                 on_prompt(index, {method: self.runs[method][-1] for method in self.methods})
             bar.set_postfix(self._postfix())
 
+    def close(self) -> None:
+        """Stop the vLLM peers' engines (no-op without them)."""
+        for peer in self.vllm_peers.values():
+            peer.close()
+
     def _postfix(self) -> dict[str, str]:
         methods = self.summary()["methods"]
         postfix = {}

@@ -89,7 +89,10 @@ def compare_drafters(
     def record(index: int, runs: dict) -> None:
         log.add({"id": index, "runs": {method: dataclasses.asdict(run) for method, run in runs.items()}})
 
-    benchmark.run(encode_chat_prompts(tokenizer, prompts), progress=progress, done=done, on_prompt=record)
+    try:
+        benchmark.run(encode_chat_prompts(tokenizer, prompts), progress=progress, done=done, on_prompt=record)
+    finally:
+        benchmark.close()
     summary = benchmark.summary()
     if with_answers:
         summary["answers"] = [

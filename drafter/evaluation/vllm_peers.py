@@ -46,6 +46,14 @@ class VllmPeer:
         kwargs = {"speculative_config": self.speculative_config} if self.speculative_config else {}
         return load_vllm_engine(self.llm_name_or_path, dtype="float32", **kwargs)
 
+    def close(self) -> None:
+        """Stop the engine's processes now (left to exit hooks, a spawned engine can outlive its parent)."""
+        if self._engine is not None:
+            core = getattr(getattr(self._engine, "llm_engine", None), "engine_core", None)
+            if core is not None and hasattr(core, "shutdown"):
+                core.shutdown()
+            self._engine = None
+
     def generate(self, prompt: List[int], max_new_tokens: int, eos_token_id: Any) -> List[int]:
         from vllm import SamplingParams
 

@@ -118,7 +118,9 @@ def generate_with_vllm(
         for job, output in zip(part, outputs):
             completion = output.outputs[0]
             reason = "stop" if completion.finish_reason == "stop" else "length"
-            emit(job, list(completion.token_ids), reason, completion.text)
+            # The text is decoded from the tokens as for the transformers backend (vLLM's incremental text ends
+            # in U+FFFD where an answer is cut inside a multi-byte character), so equal tokens give equal rows.
+            emit(job, list(completion.token_ids), reason, None)
 
 
 def vllm_dtype(llm: Any) -> str:

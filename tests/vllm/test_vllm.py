@@ -75,6 +75,9 @@ def test_vllm_plain_peer_answers_like_generate(base_folder):
     tokenizer = load_tokenizer(str(base_folder))
     benchmark = SpeedBenchmark(base, {}, tokenizer.eos_token_id, tokenizer.pad_token_id,
                                BenchmarkConfig(max_new_tokens=16, warmup=0, baselines=("hf_generate", "vllm_plain")))
-    benchmark.run([[1, 9690, 198, 30, 31, 32], [1, 40, 41]], progress=False)
+    try:
+        benchmark.run([[1, 9690, 198, 30, 31, 32], [1, 40, 41]], progress=False)
+    finally:
+        benchmark.close()
     summary = benchmark.summary()["methods"]
     assert summary["vllm_plain"]["identical"] == 2, summary
