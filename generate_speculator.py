@@ -258,7 +258,8 @@ def run_compare(args: GenerationArguments, base, tokenizer, drafters: list, prom
     config = BenchmarkConfig(max_new_tokens=max_new_tokens, repeats=args.repeats, warmup=args.warmup,
                              baselines=tuple(args.baselines))
     methods, shapes, plans = {}, {}, {}
-    for name, drafter in zip(speculator_names(args.speculator_path), drafters):
+    names = speculator_names(args.speculator_path)
+    for name, drafter in zip(names, drafters):
         for label, shape in method_shapes(args, base, tokenizer, drafter, plans, name):
             method = name if label is None else f"{name} {label}" if len(drafters) > 1 else label
             methods[method], shapes[method] = drafter, shape
@@ -271,7 +272,7 @@ def run_compare(args: GenerationArguments, base, tokenizer, drafters: list, prom
         base, tokenizer, methods, shapes, prompts, config,
         with_answers=True, allow_base_mismatch=args.allow_base_mismatch, log=log,
     )
-    summary["drafters"] = dict(zip(speculator_names(args.speculator_path), args.speculator_path))
+    summary["drafters"] = dict(zip(names, args.speculator_path))
     summary["tree_plans"] = plans
     return summary, log
 
@@ -285,8 +286,7 @@ def method_shapes(args: GenerationArguments, base, tokenizer, drafter, plans: di
     for text in args.tree_shapes:
         shape = parse_tree_shape(text)
         if shape is None:
-            shape, plan = auto_tree_shape(base, tokenizer, drafter)
-            plans[name] = plan.to_dict()
+            shape = planned_tree_shape(base, tokenizer, drafter, plans, name)
             text = f"auto ({shape.beam_width}x{shape.beam_length})"
         out.append((text, shape))
     return out
@@ -296,6 +296,11 @@ def resolve_tree_shape(args: GenerationArguments, base, tokenizer, drafter, plan
     """The shape of --beam_width/--beam_length/--top_k_tokens_per_head, or the planned one with --tree_budget."""
     if args.tree_budget != "auto":
         return tree_shape(args)
+    return planned_tree_shape(base, tokenizer, drafter, plans, name)
+
+
+def planned_tree_shape(base, tokenizer, drafter, plans: dict, name: str) -> TreeShape:
+    """`--tree_budget auto` / `--tree_shapes auto`: the planned shape; the plan is kept in `plans[name]`."""
     shape, plan = auto_tree_shape(base, tokenizer, drafter)
     plans[name] = plan.to_dict()
     return shape

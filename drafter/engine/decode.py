@@ -153,11 +153,12 @@ class BatchedDecoder:
         sampling = SamplingConfig(temperature=temperature or 0.0, top_k=top_k, top_p=top_p)
         device = self.lm.device
         rng: Randomness = None
+        streams = None  # per-prompt seeds: each row's generator is made when it joins the batch (`_Waiting`)
         if not sampling.greedy:
             if row_seeds is not None:
                 if len(row_seeds) != len(prompt_lists):
                     raise ValueError(f"{len(row_seeds)} row_seeds for {len(prompt_lists)} prompts")
-                rng = RowGenerators.from_seeds(row_seeds, device)
+                streams = row_seeds
             else:
                 rng = make_rng(device, seed, generator)
         if max_batch_size is not None and max_batch_size < 1:
@@ -169,7 +170,7 @@ class BatchedDecoder:
         self._check_modes()
         if max_new_tokens <= 0:
             return tracker.result(0, timer.timing)
-        waiting = _Waiting(prompt_lists, row_seeds, rng, sampling, device, max_batch_size or len(prompt_lists))
+        waiting = _Waiting(prompt_lists, streams, rng, sampling, device, max_batch_size or len(prompt_lists))
         with torch.inference_mode():
             with timer.phase("prefill"):
                 state = waiting.prefill(self, waiting.take(waiting.batch_size))
@@ -220,7 +221,8 @@ class BatchedDecoder:
 
 
 class _Waiting:
-    """The prompts not yet in the batch (continuous batching), with each one's random stream."""
+    """The prompts not yet in the batch (continuous batching), with their random source: `row_seeds` (one
+    seeded stream per prompt) or the batch's shared `rng`."""
 
     def __init__(self, prompts: List[List[int]], row_seeds: Optional[Sequence[int]], rng: Randomness,
                  sampling: SamplingConfig, device: torch.device, batch_size: int):
@@ -244,7 +246,7 @@ class _Waiting:
 
     def prefill(self, decoder: "BatchedDecoder", rows: List[int]) -> DecodingState:
         rng = self.rng
-        if isinstance(rng, RowGenerators):  # the joining rows' own streams
+        if self.row_seeds is not None:  # the joining rows' own streams
             rng = RowGenerators.from_seeds([self.row_seeds[r] for r in rows], self.device)
         state = decoder.prefill([self.prompts[r] for r in rows], self.sampling, rng)
         state.rows = list(rows)

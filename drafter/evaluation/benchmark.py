@@ -43,7 +43,7 @@ GENERATE_PEERS: dict[str, tuple[dict[str, Any], bool]] = {
     "hf_generate": ({}, False),
     "stock_generate": ({}, True),
     "prompt_lookup": ({"prompt_lookup_num_tokens": 10}, False),
-    "static_compile": ({"cache_implementation": "static"}, False),  # + a compile config, see _generate
+    "static_compile": ({"cache_implementation": "static"}, False),  # + a compile config, see `_generate_kwargs`
 }
 BASELINE_METHODS = (*GENERATE_PEERS, "autoregressive", *VLLM_PEERS)
 
@@ -66,6 +66,17 @@ class BenchmarkConfig:
     repeats: int = 1
     warmup: int = 1
     baselines: Sequence[str] = DEFAULT_BASELINES
+
+
+def _generate_kwargs(method: str) -> dict[str, Any]:
+    """The extra `generate` arguments of a transformers peer (one compile config for all of static_compile's
+    calls)."""
+    kwargs = dict(GENERATE_PEERS[method][0])
+    if kwargs.get("cache_implementation") == "static":
+        compile_config = CompileConfig(mode="default")
+        compile_config._compile_all_devices = True  # transformers compiles only on accelerators unless told
+        kwargs["compile_config"] = compile_config
+    return kwargs
 
 
 def _sync(device: torch.device) -> None:
@@ -105,6 +116,8 @@ class SpeedBenchmark:
         self.pad_token_id = pad_token_id
         self.device = base_model.device
         self.generators = {"autoregressive": AutoregressiveGenerator(base_model), **speculators}
+        self.generate_kwargs = {method: _generate_kwargs(method) for method in config.baselines
+                                if method in GENERATE_PEERS}
         self.vllm_peers = {method: VllmPeer(base_model.config.name_or_path, VLLM_PEERS[method])
                            for method in config.baselines if method in VLLM_PEERS}
         self.speculator_names = list(speculators)
@@ -115,9 +128,9 @@ class SpeedBenchmark:
         cfg = self.config
         _sync(self.device)
         start = time.perf_counter()
-        if method in GENERATE_PEERS or method in self.vllm_peers:
-            if method in GENERATE_PEERS:
-                tokens = self._generate(prompt, *GENERATE_PEERS[method])
+        if method in self.generate_kwargs or method in self.vllm_peers:
+            if method in self.generate_kwargs:
+                tokens = self._generate(prompt, self.generate_kwargs[method], stock=GENERATE_PEERS[method][1])
             else:
                 tokens = self.vllm_peers[method].generate(prompt, cfg.max_new_tokens, self.eos_token_id)
             _sync(self.device)
@@ -145,10 +158,6 @@ class SpeedBenchmark:
         return run, seconds
 
     def _generate(self, prompt: list[int], extra: dict[str, Any], stock: bool) -> list[int]:
-        if extra.get("cache_implementation") == "static":
-            compile_config = CompileConfig(mode="default")
-            compile_config._compile_all_devices = True  # transformers compiles only on accelerators unless told
-            extra = {**extra, "compile_config": compile_config}
         input_ids = torch.tensor([prompt], device=self.device)
         with torch.inference_mode(), stock_kernels(self.base_model) if stock else nullcontext():
             out = self.base_model.generate(

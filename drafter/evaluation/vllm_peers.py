@@ -35,13 +35,13 @@ class VllmPeer:
         import torch
 
         if not torch.cuda.is_available():
-            # Batch 1: a small KV cache per engine (GiB), unless the user set one.
-            environment = vllm_cpu_environment(environ={"VLLM_CPU_KVCACHE_SPACE": "1", **os.environ})
-            for key in ("LD_PRELOAD", "VLLM_CPU_OMP_THREADS_BIND", "VLLM_CPU_NUM_OF_RESERVED_CPU",
-                        "VLLM_CPU_KVCACHE_SPACE"):
-                if key in environment:
-                    os.environ[key] = environment[key]
-            # Spawned (not forked) engine processes start with the preload; this process has already started.
+            # Batch 1: a small KV cache per engine (GiB), unless the user set one; load_vllm_engine adds the
+            # other CPU settings of `vllm_cpu_environment`, all but the preload, which only spawned (not forked)
+            # engine processes can still take: this process has already started.
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+            preload = vllm_cpu_environment().get("LD_PRELOAD")
+            if preload:
+                os.environ["LD_PRELOAD"] = preload
             os.environ["VLLM_WORKER_MULTIPROC_METHOD"] = "spawn"
         kwargs = {"speculative_config": self.speculative_config} if self.speculative_config else {}
         return load_vllm_engine(self.llm_name_or_path, dtype="float32", **kwargs)

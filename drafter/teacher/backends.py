@@ -14,7 +14,7 @@ from .config import TeacherGenerationConfig
 from .jobs import TeacherJob
 
 # Called once per finished prompt: (job, generated token ids (stop token included), finish reason, text or None).
-EmitFn = Callable[[TeacherJob, List[int], str, Optional[str]], None]
+EmitFn = Callable[[TeacherJob, List[int], str], None]
 
 
 def is_vllm_engine(model: Any) -> bool:
@@ -69,7 +69,7 @@ def generate_with_transformers(
     order = sorted(jobs, key=lambda job: len(job.token_ids), reverse=True)
 
     def finished(row: int, tokens: List[int]) -> None:
-        emit(order[row], list(tokens), "stop" if tokens[-1] in stops else "length", None)
+        emit(order[row], list(tokens), "stop" if tokens[-1] in stops else "length")
 
     if order:
         decoder.generate(
@@ -118,9 +118,9 @@ def generate_with_vllm(
         for job, output in zip(part, outputs):
             completion = output.outputs[0]
             reason = "stop" if completion.finish_reason == "stop" else "length"
-            # The text is decoded from the tokens as for the transformers backend (vLLM's incremental text ends
-            # in U+FFFD where an answer is cut inside a multi-byte character), so equal tokens give equal rows.
-            emit(job, list(completion.token_ids), reason, None)
+            # `emit` decodes the text from the tokens as for the transformers backend (vLLM's incremental text
+            # ends in U+FFFD where an answer is cut inside a multi-byte character): equal tokens, equal rows.
+            emit(job, list(completion.token_ids), reason)
 
 
 def vllm_dtype(llm: Any) -> str:

@@ -110,9 +110,9 @@ def answer_jobs(
     stats = {"generated": 0, "tokens": 0}
     start_time = time.perf_counter()
 
-    def emit(job: TeacherJob, tokens: List[int], reason: str, answer: Optional[str] = None) -> None:
-        if answer is None:  # the stop token ends the answer; it is counted but not written
-            answer = tokenizer.decode(tokens[:-1] if reason == "stop" else tokens, skip_special_tokens=True)
+    def emit(job: TeacherJob, tokens: List[int], reason: str) -> None:
+        # The stop token ends the answer; it is counted but not written.
+        answer = tokenizer.decode(tokens[:-1] if reason == "stop" else tokens, skip_special_tokens=True)
         shard.write({**job.row(reason, len(tokens)),
                      "messages": job.messages + [{"role": "assistant", "content": answer}]})
         stats["generated"] += 1
