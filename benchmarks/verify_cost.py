@@ -51,7 +51,7 @@ def main() -> None:
 
         def accept_and_commit():
             logits = timer.forward(n)
-            accepted = greedy_accept(tree, logits)
+            accepted = greedy_accept(tree, logits.argmax(dim=-1))
             timer.cache.commit(accepted.path_nodes, accepted.num_accepted + 1, [int(accepted.num_accepted) + 1])
 
         row = {"nodes": n, "toolkit_forward_ms": timer.milliseconds(n, args.repeats),

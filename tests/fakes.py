@@ -15,6 +15,7 @@ from torch import nn
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
 from drafter import RecurrentDraftingConfig, RecurrentDraftingModel
+from drafter.models.eagle3 import Eagle3Config, Eagle3Drafter, base_fields
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -90,6 +91,18 @@ def make_tiny_redrafter(base_model, seed: int = 0, **config_overrides) -> Recurr
         **{"drafter_num_layers": 1, "drafter_predict_n_tokens": 4, **config_overrides},
     )
     return RecurrentDraftingModel(config).eval()
+
+
+def make_tiny_eagle3(base_model, seed: int = 0, **config_overrides) -> Eagle3Drafter:
+    torch.manual_seed(seed)
+    text = base_model.config.get_text_config()
+    config = Eagle3Config(
+        hidden_size=text.hidden_size,
+        vocab_size=base_model.get_input_embeddings().num_embeddings,
+        base_model_name_or_path="tiny-random",
+        **{**base_fields(text), "drafter_predict_n_tokens": 4, **config_overrides},
+    )
+    return Eagle3Drafter(config).eval()
 
 
 def make_tiny_qwen2(seed: int = 0, vocab_size: int = 96, hidden_size: int = 32) -> Qwen2ForCausalLM:

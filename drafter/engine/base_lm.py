@@ -161,20 +161,27 @@ class BaseLM:
         attention_mask: torch.Tensor,
         position_ids: Optional[torch.Tensor],
         cache: Union[SlotKVCache, Cache],
-    ) -> torch.Tensor:
+        layers: Optional[Sequence[int]] = None,
+    ) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
         """One decoder pass over Q new tokens per row on top of a cache.
 
         input_ids, position_ids: (B, Q); attention_mask: (B, 1, Q, S + Q) 4-D (or (B, S + Q) 0/1) -> hidden
         (B, Q, H). The new tokens' K/V are appended to the cache (slots S .. S+Q-1).
+        layers: also return the hidden states at these `layer_hidden_states` indices, concatenated (B, Q, n * H)
+            (what an EAGLE-3 drafter reads); the result is then (hidden, concatenated).
         """
         out = self.decoder(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
             use_cache=True,
+            output_hidden_states=bool(layers),
             **{self.cache_argument: cache.cache if isinstance(cache, SlotKVCache) else cache},
         )
-        return out.last_hidden_state
+        if not layers:
+            return out.last_hidden_state
+        states = [out.last_hidden_state if layer == -1 else out.hidden_states[layer] for layer in layers]
+        return out.last_hidden_state, torch.cat(states, dim=-1)
 
     def output_rows(self, token_ids: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         """Weight (V', H) and bias of the output layer, restricted to the vocabulary rows `token_ids` (V',)."""
@@ -198,12 +205,15 @@ class BaseLM:
             logits = torch.tanh(logits / self.softcap) * self.softcap
         return logits
 
-    def prefill(self, prompts: List[List[int]]) -> Tuple[SlotKVCache, torch.Tensor]:
+    def prefill(
+        self, prompts: List[List[int]], layers: Optional[Sequence[int]] = None
+    ) -> Tuple[SlotKVCache, torch.Tensor]:
         """Run the left-padded prompts through the decoder.
 
         Returns:
             The filled cache (sequence b in slots [P - P_b, P)) and the (B, H) hidden state at each prompt's
-            last token.
+            last token; with `layers`, also the (B, P, n * H) concatenated hidden states of every slot at those
+            layers (see `forward`) and the (B, P) left-padded input ids.
         """
         self.require_4d_masks()
         device, batch = self.device, len(prompts)
@@ -216,8 +226,12 @@ class BaseLM:
         cache = SlotKVCache(DynamicCache(config=self.model.config), starts, [0] * batch, device)
         cache.check_layers()
         position_ids = (torch.arange(length, device=device)[None, :] - cache.starts[:, None]).clamp(min=0)
-        hidden = self.forward(input_ids, prefill_mask(cache.starts, length, self.mask_dtype), position_ids, cache)
+        hidden = self.forward(input_ids, prefill_mask(cache.starts, length, self.mask_dtype), position_ids, cache,
+                              layers)
         cache.check_layers()  # lazily created layers are only known now
         cache.ends_host = [length] * batch
         cache.ends = torch.full((batch,), length, dtype=torch.long, device=device)
+        if layers:
+            hidden, states = hidden
+            return cache, hidden[:, -1], states, input_ids
         return cache, hidden[:, -1]

@@ -28,10 +28,12 @@ class DecodingState:
 
     Attributes:
         cache: KV cache holding every decided token except `next_tokens`.
-        hidden: (B, H) base last hidden state at the last cached position (the drafting context).
+        hidden: (B, H) the drafting context: the base's last hidden state at the last cached position.
         next_tokens: (B,) the base model's next token: decided and emitted, not yet in the cache.
         rows: input-batch index of each row.
         rng: the random source; per-row streams (`RowGenerators`) follow their rows when rows leave.
+        drafter_cache: a drafter's own cache over the verified context (EAGLE-3), in the slot layout of `cache`;
+            `hidden` is then the drafter's output at the last verified position.
     """
 
     cache: SlotKVCache
@@ -39,11 +41,14 @@ class DecodingState:
     next_tokens: torch.Tensor
     rows: List[int]
     rng: Randomness = None
+    drafter_cache: Optional[SlotKVCache] = None
 
     def select(self, keep: Sequence[int]) -> None:
         """Keep only the rows at positions `keep`."""
         index = torch.tensor(list(keep), dtype=torch.long, device=self.hidden.device)
         self.cache.select(keep)
+        if self.drafter_cache is not None:
+            self.drafter_cache.select(keep)
         self.hidden = self.hidden[index]
         self.next_tokens = self.next_tokens[index]
         self.rows = [self.rows[i] for i in keep]
@@ -53,6 +58,8 @@ class DecodingState:
     def merge(self, other: "DecodingState") -> None:
         """Append the rows of `other` (prompts that joined; same random source kind)."""
         self.cache.merge(other.cache)
+        if self.drafter_cache is not None:
+            self.drafter_cache.merge(other.drafter_cache)
         self.hidden = torch.cat([self.hidden, other.hidden])
         self.next_tokens = torch.cat([self.next_tokens, other.next_tokens])
         self.rows = self.rows + other.rows

@@ -10,6 +10,8 @@ Methods (all greedy, batch 1, same prompts, same max_new_tokens):
   prompt_lookup  transformers' prompt-lookup decoding (`prompt_lookup_num_tokens=10`);
   static_compile `generate` with a static cache and a compiled forward (`cache_implementation="static"`);
   vllm_plain, vllm_ngram  vLLM (CPU build or CUDA) plain and n-gram speculative decoding (`vllm_peers.py`);
+  vllm_eagle3    vLLM serving the run's EAGLE-3 drafter (exported; a chain of the speculator's drafting steps),
+                 with vLLM's own acceptance as its tau;
   one method per named speculator (drafter + tree verification), so several drafters are compared in ONE run.
 
 Definitions follow Spec-Bench: tau is the mean number of tokens a verification step adds, bonus token
@@ -35,7 +37,8 @@ from transformers import CompileConfig, PreTrainedModel
 from ..engine.autoregressive import AutoregressiveGenerator
 from ..engine.kernels import stock_kernels
 from ..generation import SpeculativeGenerator
-from .vllm_peers import VLLM_PEERS, VllmPeer
+from ..models import Eagle3Drafter
+from .vllm_peers import VLLM_PEERS, VllmPeer, eagle3_speculative_config
 
 DEFAULT_BASELINES = ("hf_generate", "autoregressive")
 # Method name -> extra `generate` keyword arguments (and whether it runs with torch's stock kernels).
@@ -79,6 +82,17 @@ def _generate_kwargs(method: str) -> dict[str, Any]:
     return kwargs
 
 
+def _vllm_config(method: str, speculators: Mapping[str, SpeculativeGenerator]) -> Optional[dict]:
+    """The vLLM peer's speculative_config: fixed, or (vllm_eagle3) the run's first EAGLE-3 drafter exported."""
+    if method != "vllm_eagle3":
+        return VLLM_PEERS[method]
+    for generator in speculators.values():
+        if isinstance(generator.drafter, Eagle3Drafter):
+            return eagle3_speculative_config(generator.drafter, generator.num_draft_steps)
+    raise ValueError("the vllm_eagle3 baseline serves the run's EAGLE-3 drafter in vLLM: give one with "
+                     "--speculator_path")
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -118,7 +132,7 @@ class SpeedBenchmark:
         self.generators = {"autoregressive": AutoregressiveGenerator(base_model), **speculators}
         self.generate_kwargs = {method: _generate_kwargs(method) for method in config.baselines
                                 if method in GENERATE_PEERS}
-        self.vllm_peers = {method: VllmPeer(base_model.config.name_or_path, VLLM_PEERS[method])
+        self.vllm_peers = {method: VllmPeer(base_model.config.name_or_path, _vllm_config(method, speculators))
                            for method in config.baselines if method in VLLM_PEERS}
         self.speculator_names = list(speculators)
         self.methods = [*config.baselines, *self.speculator_names]
@@ -132,10 +146,18 @@ class SpeedBenchmark:
             if method in self.generate_kwargs:
                 tokens = self._generate(prompt, self.generate_kwargs[method], stock=GENERATE_PEERS[method][1])
             else:
-                tokens = self.vllm_peers[method].generate(prompt, cfg.max_new_tokens, self.eos_token_id)
+                peer = self.vllm_peers[method]
+                drafts, accepted = peer.draft_counters()
+                tokens = peer.generate(prompt, cfg.max_new_tokens, self.eos_token_id)
             _sync(self.device)
             seconds = time.perf_counter() - start
-            return PromptRun(tokens=tokens, seconds=seconds), seconds
+            run = PromptRun(tokens=tokens, seconds=seconds)
+            if method in self.vllm_peers and self.vllm_peers[method].speculative_config:
+                after_drafts, after_accepted = self.vllm_peers[method].draft_counters()
+                # Each draft step emits its accepted tokens plus one of the base model's (tau counts both).
+                run.steps = after_drafts - drafts
+                run.accepted = after_accepted - accepted + run.steps
+            return run, seconds
         result = self.generators[method].generate(
             [prompt], max_new_tokens=cfg.max_new_tokens, eos_token_id=self.eos_token_id
         )

@@ -1,5 +1,8 @@
-"""vLLM as a peer in the speed benchmark (`--baselines vllm_plain vllm_ngram`): what a user would run instead of
-the project's decoder, at batch 1 on the same prompts, interleaved with the other methods.
+"""vLLM as a peer in the speed benchmark (`--baselines vllm_plain vllm_ngram vllm_eagle3`): what a user would run
+instead of the project's decoder, at batch 1 on the same prompts, interleaved with the other methods.
+`vllm_eagle3` serves the run's own EAGLE-3 drafter in vLLM (exported with `drafter.export`, a chain of its drafting
+steps), so the project's decoder and vLLM are compared with the same drafter; vLLM's own acceptance counters give
+its tau.
 
 vLLM's V1 engine runs the model in its own engine process; on a CPU machine that process is started with the
 environment of `vllm_cpu_environment` (both cores, its Intel OpenMP runtime preloaded) by spawning it, so this
@@ -9,7 +12,8 @@ process keeps torch's own threading for the methods it times itself.
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, List, Optional
+import tempfile
+from typing import Any, Dict, List, Optional, Tuple
 
 from ..teacher.backends import load_vllm_engine, vllm_cpu_environment, vllm_installed
 
@@ -17,7 +21,18 @@ from ..teacher.backends import load_vllm_engine, vllm_cpu_environment, vllm_inst
 VLLM_PEERS: Dict[str, Optional[Dict[str, Any]]] = {
     "vllm_plain": None,
     "vllm_ngram": {"method": "ngram", "num_speculative_tokens": 3, "prompt_lookup_max": 4, "prompt_lookup_min": 2},
+    "vllm_eagle3": None,  # filled by `eagle3_speculative_config` with the run's EAGLE-3 drafter
 }
+
+
+def eagle3_speculative_config(drafter: Any, num_speculative_tokens: int, export_dir: Optional[str] = None) -> dict:
+    """vLLM's speculative_config serving `drafter` (an EAGLE-3 drafter), exported to `export_dir` (default: a
+    fresh temporary folder)."""
+    from ..export import export_speculator
+
+    folder = export_dir or tempfile.mkdtemp(prefix="drafter-eagle3-vllm-")
+    export_speculator(drafter, folder, format="eagle3", dtype="float32")
+    return {"method": "eagle3", "model": os.path.abspath(folder), "num_speculative_tokens": int(num_speculative_tokens)}
 
 
 class VllmPeer:
@@ -43,8 +58,21 @@ class VllmPeer:
             if preload:
                 os.environ["LD_PRELOAD"] = preload
             os.environ["VLLM_WORKER_MULTIPROC_METHOD"] = "spawn"
-        kwargs = {"speculative_config": self.speculative_config} if self.speculative_config else {}
+        # Speculative engines keep their statistics: their acceptance counters are read per prompt.
+        kwargs = {"speculative_config": self.speculative_config, "disable_log_stats": False} \
+            if self.speculative_config else {}
         return load_vllm_engine(self.llm_name_or_path, dtype="float32", **kwargs)
+
+    def draft_counters(self) -> Tuple[int, int]:
+        """(drafts so far, drafted tokens accepted so far) from the engine's speculative-decoding metrics; (0, 0)
+        for plain decoding."""
+        if not self.speculative_config:
+            return 0, 0
+        totals = {"vllm:spec_decode_num_drafts": 0, "vllm:spec_decode_num_accepted_tokens": 0}
+        for metric in self._engine.get_metrics():  # one counter per engine (data-parallel rank)
+            if metric.name in totals:
+                totals[metric.name] += int(getattr(metric, "value", 0))
+        return totals["vllm:spec_decode_num_drafts"], totals["vllm:spec_decode_num_accepted_tokens"]
 
     def close(self) -> None:
         """Stop the engine's processes now (left to exit hooks, a spawned engine can outlive its parent)."""

@@ -1,7 +1,9 @@
-"""Export Arctic LSTM / MLP speculators for vLLM + ArcticInference, and read such checkpoints back.
+"""Export Arctic LSTM / MLP speculators and EAGLE-3 drafters for vLLM (+ ArcticInference), and read such checkpoints
+back.
 
     python -m drafter.export --format arctic --speculator_path DIR --output_dir OUT
     python -m drafter.export --format mlp_speculator --speculator_path DIR --output_dir OUT   # sum_rnn only
+    python -m drafter.export --format eagle3 --speculator_path DIR --output_dir OUT          # EAGLE-3 drafters
 
 Formats (names and config fields are documented in the format modules):
 
@@ -10,10 +12,12 @@ Formats (names and config fields are documented in the format modules):
   sum_lstm (tied weights and LSTM embeddings) and sum_rnn speculators.
 * ``mlp_speculator`` (`drafter.export.mlp_speculator`): vLLM's / fms-extras' ``MLPSpeculatorPreTrainedModel``
   (sum_rnn speculators), served with ``--speculative-config '{"method": "mlp_speculator", ...}'``.
+* ``eagle3`` (`drafter.export.eagle3`): the EAGLE-3 checkpoint layout (``LlamaForCausalLMEagle3``), served with
+  ``--speculative-config '{"method": "eagle3", ...}'``; reduced draft vocabularies are written as d2t / t2d.
 
-`load_exported(path)` reads either format back, also ArcticTraining's own
-``pytorch_model.bin`` checkpoints, and reproduces the exported speculator's logits exactly (same dtype).
-Speculators with a reduced draft vocabulary and ReDrafter drafters cannot be exported (`ExportError`).
+`load_exported(path)` reads any of them back, also ArcticTraining's own ``pytorch_model.bin`` checkpoints, and
+reproduces the exported drafter's logits exactly (same dtype). Arctic speculators with a reduced draft vocabulary
+and ReDrafter drafters cannot be exported (`ExportError`).
 """
 
 from __future__ import annotations
@@ -25,7 +29,8 @@ from typing import List, Optional, Sequence, Union
 import torch
 
 from ..models.arctic_lstm import ArcticLSTMSpeculator
-from . import arctic, mlp_speculator
+from ..models.eagle3 import Eagle3Drafter
+from . import arctic, eagle3, mlp_speculator
 from .common import (
     ExportError,
     ExportResult,
@@ -37,7 +42,7 @@ from .common import (
     vllm_serve_command,
 )
 
-FORMATS = ("arctic", "mlp_speculator")
+FORMATS = ("arctic", "mlp_speculator", "eagle3")
 SKIP_ARCH_CHECK_ENV = "ARCTIC_INFERENCE_SKIP_SPEC_MODEL_CHECK=1"
 
 __all__ = ["FORMATS", "ExportError", "ExportResult", "export_speculator", "load_exported"]
@@ -75,6 +80,9 @@ def export_speculator(
     """
     if format not in FORMATS:
         raise ExportError(f"Unknown format '{format}': choose one of {FORMATS}")
+    if format == "eagle3":
+        return _export_eagle3(_load_drafter(drafter_or_path), output_dir, dtype, serve_base_model,
+                              tensor_parallel_size)
     module = arctic if format == "arctic" else mlp_speculator
     drafter = module.check_exportable(_load_drafter(drafter_or_path))
     n = drafter.config.n_speculator_heads
@@ -113,11 +121,31 @@ def export_speculator(
     return ExportResult(output_dir, format, config, shapes, command, notes)
 
 
-def load_exported(path: Union[str, os.PathLike], dtype: Optional[torch.dtype] = None) -> ArcticLSTMSpeculator:
-    """Read an exported speculator (either format, safetensors or ArcticTraining's pytorch_model.bin) back into
-    an `ArcticLSTMSpeculator` (float32 unless `dtype`), in eval mode."""
+def _export_eagle3(drafter, output_dir, dtype, serve_base_model: Optional[str],
+                   tensor_parallel_size: Optional[int]) -> ExportResult:
+    drafter = eagle3.check_exportable(drafter)
+    torch_dtype = resolve_dtype(dtype, drafter)
+    config = eagle3.eagle3_config(drafter, torch_dtype)
+    shapes = save_folder(output_dir, config, eagle3.eagle3_tensors(drafter, torch_dtype))
+    output_dir = Path(output_dir)
+    speculative_config = {"method": "eagle3", "model": str(output_dir.resolve()),
+                          "num_speculative_tokens": drafter.num_draft_steps}
+    base = serving_base(drafter.config.base_model_name_or_path, serve_base_model)
+    command = vllm_serve_command(base, speculative_config, (), tensor_parallel_size)
+    python = f"from vllm import LLM; LLM({base!r}, speculative_config={speculative_config!r})"
+    return ExportResult(output_dir, "eagle3", config, shapes, command, [f"in Python: {python}"])
+
+
+def load_exported(
+    path: Union[str, os.PathLike], dtype: Optional[torch.dtype] = None
+) -> Union[ArcticLSTMSpeculator, Eagle3Drafter]:
+    """Read an exported drafter (any format; safetensors or ArcticTraining's pytorch_model.bin) back into an
+    `ArcticLSTMSpeculator` or `Eagle3Drafter` (float32 unless `dtype`), in eval mode."""
     config, weights = read_folder(path)
     archs = config.get("architectures") or []
+    if len(archs) == 1 and archs[0] in eagle3.READ_ARCHITECTURES:
+        model = eagle3.read_eagle3(config, weights)
+        return (model.to(dtype) if dtype is not None else model).eval()
     if config.get("model_type") != "mlp_speculator" or len(archs) != 1:
         raise ExportError(
             f"'{path}' is not an exported speculator: expected model_type 'mlp_speculator' and one architecture, "

@@ -2,6 +2,7 @@
 
     python -m drafter.export --format arctic --speculator_path outputs/arctic --output_dir outputs/arctic-vllm
     python -m drafter.export --format mlp_speculator --speculator_path outputs/mlp --output_dir outputs/mlp-vllm
+    python -m drafter.export --format eagle3 --speculator_path outputs/eagle3 --output_dir outputs/eagle3-vllm
     python -m drafter.export --read OUT        # load an exported folder back and print its summary
 """
 
@@ -47,9 +48,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         if args.read:
             model = load_exported(args.read)
-            summary = {k: getattr(model.config, k) for k in (
-                "method", "n_speculator_heads", "speculator_width", "hidden_size", "vocab_size", "tie_weights",
-                "scale_input", "tie_lstm_embs", "base_model_name_or_path")}
+            fields = (("eagle3_aux_layers", "drafter_predict_n_tokens", "hidden_size", "vocab_size",
+                       "draft_vocab_size", "eagle3_intermediate_size") if model.config.model_type == "eagle3_drafter"
+                      else ("method", "n_speculator_heads", "speculator_width", "hidden_size", "vocab_size",
+                            "tie_weights", "scale_input", "tie_lstm_embs"))
+            summary = {k: getattr(model.config, k) for k in (*fields, "base_model_name_or_path")}
             print(json.dumps(summary, indent=2))
             return 0
         if not args.speculator_path or not args.output_dir:
@@ -68,7 +71,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (ExportError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(f"Wrote {args.format} speculator ({len(result.tensors)} tensors) to {result.output_dir}")
+    print(f"Wrote {args.format} drafter ({len(result.tensors)} tensors) to {result.output_dir}")
     for note in result.notes:
         print(f"note: {note}")
     print("Serve it with:")

@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=spec.seed)
     parser.add_argument("--hidden_dtype", default=spec.hidden_dtype, help="bfloat16 (default), float16, float32")
     parser.add_argument("--hidden_layers", type=int, nargs="+", default=list(spec.hidden_layers),
-                        help="-1 = the last hidden state (always stored); e.g. -1 3 15 27 for EAGLE-3")
+                        help="-1 = the last hidden state (always stored); e.g. -1 2 15 27 for EAGLE-3 (30 layers)")
     parser.add_argument("--distill_num_future_tokens", type=int, default=0,
                         help="N > 0: also store the base model's greedy N-token continuations (distilled dataset)")
     parser.add_argument("--examples_per_shard", type=int, default=spec.examples_per_shard)

@@ -11,21 +11,23 @@ One step, for every running sequence at once:
    last accepted node's hidden state and the bonus token seed the next step.
 
 Everything a step needs stays on the device; the only host sync is reading back the accepted tokens at the end
-(plus the tree size unless `static_tree_size=True`).
+(plus, unless `static_tree_size=True`, the tree size and, in greedy verification, how many nodes lie above the
+leaves and whether a path was accepted to a leaf: the output layer runs only on the nodes whose logits are read).
 """
 
 from __future__ import annotations
 
 import warnings
-from typing import Any, Optional, Sequence
+from typing import Any, List, Optional, Sequence, Tuple
 
 import torch
 from transformers import PreTrainedModel
 
 from ..engine.decode import BatchedDecoder, DecodingState, StepOutput
 from ..engine.kernels import use_small_batch_kernels
+from ..engine.kv_cache import prefill_mask
 from ..engine.result import PhaseTimer
-from ..engine.sampling import RowGenerators, SamplingConfig, warped_probs
+from ..engine.sampling import Randomness, RowGenerators, SamplingConfig, select_tokens, warped_probs
 from .drafting import beam_search, num_topk_candidates, topk_tree_candidates
 from .tree import build_tree
 from .verification import greedy_accept, sampling_accept
@@ -96,11 +98,40 @@ class SpeculativeGenerator(BatchedDecoder):
         self.num_draft_steps = beam_length - 1
         params = list(drafter.parameters()) if hasattr(drafter, "parameters") else []
         self._drafter_dtype = params[0].dtype if params else None
+        # Drafters with their own cache over the verified context (EAGLE-3) read several base layers at every
+        # verified position, not just the last hidden state.
+        self.context_cache = bool(getattr(drafter, "keeps_context_cache", False))
+        self.context_layers = list(drafter.context_layers) if self.context_cache else None
 
     def _check_modes(self) -> None:
         super()._check_modes()
         if getattr(self.drafter, "training", False):
             warnings.warn("drafter is in training mode: call .eval() (output stays lossless)", stacklevel=3)
+
+    def _as_drafter_dtype(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self._drafter_dtype is None else x.to(self._drafter_dtype)
+
+    @torch.inference_mode()
+    def prefill(self, prompts: List[List[int]], sampling: SamplingConfig, rng: Randomness = None) -> DecodingState:
+        if not self.context_cache:
+            return super().prefill(prompts, sampling, rng)
+        cache, hidden, states, input_ids = self.lm.prefill(prompts, self.context_layers)
+        first = select_tokens(self.lm.logits(hidden), sampling, rng)
+        following = torch.cat([input_ids[:, 1:], first[:, None]], dim=1)  # the token after each prompt slot
+        causal = prefill_mask(cache.starts, input_ids.shape[1], torch.bool)[:, 0]
+        drafter_cache, context = self.drafter.start_context(
+            self._as_drafter_dtype(states), self._as_drafter_dtype(self.lm.embed(following)), cache.starts_host, causal
+        )
+        return DecodingState(cache=cache, hidden=context, next_tokens=first, rows=list(range(len(prompts))), rng=rng,
+                             drafter_cache=drafter_cache)
+
+    def drafting_inputs(self, state: DecodingState) -> Tuple[Any, torch.Tensor]:
+        """What this step's drafting reads: the drafter (for drafters with a context cache, its view of that
+        cache) and the (B, H) drafting context."""
+        context = self._as_drafter_dtype(state.hidden)
+        if self.context_cache:
+            return self.drafter.drafting_view(state.drafter_cache), context
+        return self.drafter, context
 
     @torch.inference_mode()
     def decode_step(self, state: DecodingState, sampling: SamplingConfig, timer: PhaseTimer) -> StepOutput:
@@ -109,27 +140,28 @@ class SpeculativeGenerator(BatchedDecoder):
             raise ValueError("speculative sampling draws from one generator for the batch; row_seeds are for plain "
                              "decoding (AutoregressiveGenerator)")
         with timer.phase("drafting"):
-            context = state.hidden if self._drafter_dtype is None else state.hidden.to(self._drafter_dtype)
+            drafter, context = self.drafting_inputs(state)
             if self.top_k_tokens_per_head is not None:
                 beams = topk_tree_candidates(
-                    self.drafter, lm.embed_tokens, context, state.next_tokens, self.top_k_tokens_per_head,
+                    drafter, lm.embed_tokens, context, state.next_tokens, self.top_k_tokens_per_head,
                     self.n_candidates,
                 ).beams
             else:
                 beams = beam_search(
-                    self.drafter, lm.embed_tokens, context, state.next_tokens, self.beam_width, self.beam_length
+                    drafter, lm.embed_tokens, context, state.next_tokens, self.beam_width, self.beam_length
                 ).beams
 
         with timer.phase("verification"):
             tree = build_tree(beams, static_size=self.static_tree_size)
             mask = cache.attention_mask(tree.ancestor_mask, lm.mask_dtype)
             positions = tree.position_ids(cache.context_lengths)
-            hidden = lm.forward(tree.tokens, mask, positions, cache)  # (B, N, H)
-            logits = lm.logits(hidden)  # (B, N, V)
+            hidden = lm.forward(tree.tokens, mask, positions, cache, self.context_layers)  # (B, N, H)
+            if self.context_cache:
+                hidden, layer_states = hidden  # (B, N, 3H) too
             if sampling.greedy:
-                accepted = greedy_accept(tree, logits)
+                accepted = self._greedy_verify(tree, hidden)
             else:
-                accepted = sampling_accept(tree, warped_probs(logits, sampling), state.rng)
+                accepted = sampling_accept(tree, warped_probs(lm.logits(hidden), sampling), state.rng)
 
         with timer.phase("bookkeeping"):
             # The step's single read-back: per row [num_accepted, path tokens (L), bonus].
@@ -139,8 +171,45 @@ class SpeculativeGenerator(BatchedDecoder):
             num_accepted = [row[0] for row in packed]
             cache.commit(accepted.path_nodes, accepted.num_accepted + 1, [n + 1 for n in num_accepted])
             rows = torch.arange(hidden.shape[0], device=hidden.device)
-            state.hidden = hidden[rows, accepted.last_nodes]
+            if not self.context_cache:
+                state.hidden = hidden[rows, accepted.last_nodes]
             state.next_tokens = accepted.bonus_tokens
             # path token 0 is the root, emitted by the previous step; then the accepted drafts and the bonus.
             new_tokens = [row[2 : 2 + n] + [row[-1]] for row, n in zip(packed, num_accepted)]
+        if self.context_cache:
+            with timer.phase("drafting"):
+                state.hidden = self._extend_context(state, accepted, layer_states[rows[:, None], accepted.path_nodes],
+                                                    [n + 1 for n in num_accepted])
         return StepOutput(new_tokens=new_tokens, num_drafted_accepted=num_accepted)
+
+    def _greedy_verify(self, tree, hidden: torch.Tensor):
+        """Greedy acceptance with the output layer (the costliest part of a wide tree's forward on a CPU) applied
+        only where it is read: the nodes above the leaves, and a leaf only when a path is accepted to its end
+        (for the bonus token; one more host sync). With `static_tree_size` (fixed shapes, no extra syncs) every
+        node's logits are computed."""
+        lm = self.lm
+        if self.static_tree_size:
+            return greedy_accept(tree, lm.logits(hidden).argmax(dim=-1))
+        leaf_depth = tree.beam_nodes.shape[-1] - 1
+        # Nodes are numbered breadth-first, so each row's nodes above the leaves come first.
+        above = int(((tree.depths < leaf_depth) & tree.valid).sum(dim=-1).max())
+        target = torch.full_like(tree.tokens, -1)
+        target[:, :above] = lm.logits(hidden[:, :above]).argmax(dim=-1)
+        accepted = greedy_accept(tree, target)
+        to_leaf = (accepted.num_accepted == leaf_depth).nonzero().squeeze(1)
+        if to_leaf.numel():
+            leaves = hidden[to_leaf, accepted.last_nodes[to_leaf]]  # (R, H)
+            accepted.bonus_tokens[to_leaf] = lm.logits(leaves).argmax(dim=-1)
+        return accepted
+
+    def _extend_context(self, state: DecodingState, accepted, path_states: torch.Tensor,
+                        num_new_host: List[int]) -> torch.Tensor:
+        """Add the accepted path (root + accepted drafts; path_states (B, L, 3H)) to the drafter's context cache;
+        returns the next drafting context (B, H). Each position is paired with the token after it: the next path
+        token, and the bonus token after the last accepted one."""
+        following = torch.cat([accepted.path_tokens[:, 1:], accepted.bonus_tokens[:, None]], dim=1)
+        following = following.scatter(1, accepted.num_accepted[:, None], accepted.bonus_tokens[:, None])
+        return self.drafter.extend_context(
+            state.drafter_cache, self._as_drafter_dtype(path_states), self._as_drafter_dtype(self.lm.embed(following)),
+            accepted.num_accepted + 1, num_new_host,
+        )

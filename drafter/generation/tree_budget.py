@@ -199,8 +199,8 @@ class TreePlan:
 
 
 class _RecordingSpeculator(SpeculativeGenerator):
-    """Records each step's drafting context (hidden state, init token) and how many tokens were emitted before
-    it (batch 1)."""
+    """Records each step's drafting inputs (the drafter or its context-cache view, the context, the init token) and
+    how many tokens were emitted before it (batch 1)."""
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
@@ -208,7 +208,10 @@ class _RecordingSpeculator(SpeculativeGenerator):
         self.emitted = 1  # the prefill's first token
 
     def decode_step(self, state: DecodingState, sampling: SamplingConfig, timer: PhaseTimer):
-        self.records.append((state.hidden.clone(), state.next_tokens.clone(), self.emitted))
+        # A drafter's context-cache view stays valid after the step: the cache appends by concatenation (new
+        # tensors), never in place (tests/unit/test_tree_budget.py checks the re-drafted estimate).
+        drafter, context = self.drafting_inputs(state)
+        self.records.append((drafter, context.clone(), state.next_tokens.clone(), self.emitted))
         out = super().decode_step(state, sampling, timer)
         self.emitted += len(out.new_tokens[0])
         return out
@@ -276,13 +279,14 @@ def _plan(base: PreTrainedModel, drafter: Any, prompts: Sequence[Sequence[int]],
           cost_curve: Optional[Dict[int, float]]) -> TreePlan:
     """The calibration decode and the scoring of every shape (see `plan_tree_shape`)."""
     recorder = _RecordingSpeculator(base, drafter, beam_width=max(widths), beam_length=max(lengths))
-    steps = []  # (hidden, init token, the base model's next tokens after the init token)
+    steps = []  # (drafter or its view, context, init token, the base model's next tokens after the init token)
     for prompt in prompts:
         recorder.records, recorder.emitted = [], 1
         output = recorder.generate([list(prompt)], max_new_tokens=max_new_tokens,
                                    eos_token_id=eos_token_id).sequences[0]
-        steps += [(hidden, init, output[emitted:emitted + max(lengths) - 1])
-                  for hidden, init, emitted in recorder.records if emitted + max(lengths) - 1 <= len(output)]
+        steps += [(drafting, context, init, output[emitted:emitted + max(lengths) - 1])
+                  for drafting, context, init, emitted in recorder.records
+                  if emitted + max(lengths) - 1 <= len(output)]
     if not steps:
         raise ValueError("tree_budget: the calibration prompts produced no complete drafting step; give longer "
                          "prompts or more new tokens")
@@ -291,10 +295,9 @@ def _plan(base: PreTrainedModel, drafter: Any, prompts: Sequence[Sequence[int]],
     for width in widths:
         for length in lengths:
             accepted, nodes, seconds = 0, 0, 0.0
-            for hidden, init, continuation in steps:
+            for drafting, context, init, continuation in steps:
                 start = time.perf_counter()
-                beams = beam_search(drafter, embed, hidden.to(recorder._drafter_dtype or hidden.dtype), init,
-                                    width, length).beams
+                beams = beam_search(drafting, embed, context, init, width, length).beams
                 seconds += time.perf_counter() - start
                 accepted += _accepted_drafts(beams, continuation)
                 nodes += build_tree(beams).size

@@ -48,14 +48,15 @@ class AcceptanceResult:
         return self.path_nodes.gather(1, self.num_accepted[:, None]).squeeze(1)
 
 
-def greedy_accept(tree: TokenTree, logits: torch.Tensor) -> AcceptanceResult:
+def greedy_accept(tree: TokenTree, target: torch.Tensor) -> AcceptanceResult:
     """Longest beam prefix that matches the base model's argmax at every step.
 
     Args:
         tree: packed candidates (B, N nodes; beam_nodes (B, W, L)).
-        logits: (B, N, V) base logits at every node.
+        target: (B, N) the base model's greedy next token after each node (its logits' argmax). Only the nodes
+            above the leaves are compared with their children; a leaf's entry is read only as the bonus token of
+            a path that ends there (so a caller may fill leaves afterwards, see `SpeculativeGenerator`).
     """
-    target = logits.argmax(dim=-1)  # (B, N): the base model's next token after each node
     beam_nodes = tree.beam_nodes
     batch, width, length = beam_nodes.shape
     flat = beam_nodes.reshape(batch, -1)

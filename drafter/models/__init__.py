@@ -1,9 +1,10 @@
-"""Drafter heads only: the shared base class and protocol, the ReDrafter and Arctic LSTM families, the family
+"""Drafter heads only: the shared base class and protocol, the ReDrafter, Arctic LSTM and EAGLE-3 families, the family
 registry and `AutoDrafter`. Imports nothing above `drafter.engine` / `drafter.store`."""
 
 from .arctic_lstm import ArcticLSTMSpeculator, ArcticLSTMSpeculatorConfig
 from .auto import AutoDrafter
 from .base_drafter import DrafterConfig, DrafterMismatchError, DrafterPreTrainedModel
+from .eagle3 import Eagle3Config, Eagle3Drafter
 from .redrafter import RecurrentDraftingConfig, RecurrentDraftingModel
 from .registry import FAMILIES, FAMILY_NAMES, DrafterFamily, get_family, register_drafter_family
 
@@ -17,6 +18,8 @@ __all__ = [
     "DrafterFamily",
     "DrafterMismatchError",
     "DrafterPreTrainedModel",
+    "Eagle3Config",
+    "Eagle3Drafter",
     "RecurrentDraftingConfig",
     "RecurrentDraftingModel",
     "get_family",

@@ -8,12 +8,13 @@ A new family is one `register_drafter_family(DrafterFamily(...))` call: it becom
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, List, Mapping, Tuple, Type
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Type
 
 from transformers import AutoConfig, AutoModel
 
 from .arctic_lstm import ArcticLSTMSpeculator
 from .base_drafter import DrafterConfig, DrafterPreTrainedModel
+from .eagle3 import Eagle3Drafter, base_fields
 from .redrafter import RecurrentDraftingModel
 
 
@@ -26,12 +27,14 @@ class DrafterFamily:
         model_class: the `DrafterPreTrainedModel` subclass; its `config_class` has the saved `model_type`.
         config_arguments: the training arguments (`ModelArguments` fields) that become config fields, by name.
         draft_tree: how sweeps draft with it by default: "beam" (beam search) or "topk" (per-head top-k tree).
+        base_fields: config fields read from the base model's text config (e.g. attention sizes), if any.
     """
 
     name: str
     model_class: Type[DrafterPreTrainedModel]
     config_arguments: Tuple[str, ...]
     draft_tree: str = "beam"
+    base_fields: Optional[Callable[[Any], Dict[str, Any]]] = None
 
     @property
     def config_class(self) -> Type[DrafterConfig]:
@@ -41,11 +44,17 @@ class DrafterFamily:
     def model_type(self) -> str:
         return self.config_class.model_type
 
-    def build_config(self, arguments: Any, **common: Any) -> DrafterConfig:
-        """A fresh config: `config_arguments` read from `arguments` (an object or a mapping), plus `common`
+    def build_config(self, arguments: Any, base_config: Any = None, **common: Any) -> DrafterConfig:
+        """A fresh config: `config_arguments` read from `arguments` (an object or a mapping), the `base_fields`
+        of `base_config` (the base model's text config; required by families with base fields), plus `common`
         (hidden size, vocabulary size, base model name, draft vocabulary size)."""
         read = arguments.get if isinstance(arguments, Mapping) else lambda key: getattr(arguments, key)
-        return self.config_class(**{key: read(key) for key in self.config_arguments}, **common)
+        from_base = {}
+        if self.base_fields is not None:
+            if base_config is None:
+                raise ValueError(f"a fresh {self.name} drafter needs the base model's config")
+            from_base = self.base_fields(base_config)
+        return self.config_class(**{key: read(key) for key in self.config_arguments}, **from_base, **common)
 
 
 FAMILIES: Dict[str, DrafterFamily] = {}
@@ -97,5 +106,13 @@ register_drafter_family(
             "scale_input", "tie_lstm_embs",
         ),
         draft_tree="topk",
+    )
+)
+register_drafter_family(
+    DrafterFamily(
+        name="eagle3",
+        model_class=Eagle3Drafter,
+        config_arguments=("eagle3_aux_layers", "eagle3_intermediate_size", "drafter_predict_n_tokens"),
+        base_fields=base_fields,
     )
 )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import List, Optional
 
 from transformers import TrainingArguments
 
@@ -49,6 +49,15 @@ class ModelArguments:
     scale_input: bool = field(default=True, metadata={"help": "arctic_lstm: feed LN(h)/sqrt(2) instead of h."})
     tie_lstm_embs: bool = field(
         default=True, metadata={"help": "arctic_lstm (sum_lstm): one token embedding for all four gates."}
+    )
+    # EAGLE-3 (drafter_type eagle3); see drafter.models.eagle3. Attention sizes follow the base model.
+    eagle3_aux_layers: Optional[List[int]] = field(
+        default=None,
+        metadata={"help": "eagle3: the 3 base hidden states fused (transformers' hidden_states indices, vLLM's "
+                  "eagle_aux_hidden_state_layer_ids); default vLLM's 2, L/2, L-3."},
+    )
+    eagle3_intermediate_size: Optional[int] = field(
+        default=None, metadata={"help": "eagle3: MLP width of the draft layer (default: the base model's)."}
     )
     draft_vocab_size: Optional[int] = field(
         default=None,
@@ -317,6 +326,7 @@ _RANGES = (
     ("drafter_predict_n_tokens", lambda v: v >= 1, ">= 1"),
     ("n_speculator_heads", lambda v: v >= 1, ">= 1"),
     ("speculator_width", lambda v: v >= 1, ">= 1"),
+    ("eagle3_intermediate_size", lambda v: v >= 1, ">= 1"),
     ("draft_vocab_size", lambda v: v >= 1, ">= 1 (unset for the full vocabulary)"),
     ("model_max_length", lambda v: v >= 2, ">= 2"),
     ("max_train_examples", lambda v: v >= 1, ">= 1"),

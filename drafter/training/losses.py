@@ -60,6 +60,7 @@ def drafter_loss(
     input_ids: Optional[torch.Tensor] = None,
     distill_targets: Optional[torch.Tensor] = None,
     distill_embeds: Optional[torch.Tensor] = None,
+    teacher_hidden_states: Optional[torch.Tensor] = None,
 ) -> DrafterLossOutput:
     """Training loss of a drafter over every position of a batch, with the true tokens fed in.
 
@@ -81,6 +82,8 @@ def drafter_loss(
             instead of the sequence's tokens; `labels` is then unused. Trains min(num_steps, N - 1) steps.
         distill_embeds: (batch, seq, N, hidden) base input embeddings of distill_targets (for drafters that
             read embeddings).
+        teacher_hidden_states: (batch, seq, hidden) the base's last hidden states, which `teacher_head` reads, when
+            `hidden_states` is another context (EAGLE-3's fused layers); default `hidden_states`.
     """
     if kd_alpha > 0 and teacher_head is None:
         raise ValueError("knowledge distillation needs a teacher_head (the base model's output layer)")
@@ -91,7 +94,10 @@ def drafter_loss(
     weights = step_weights(num_steps, loss_decay)
     total = hidden_states.new_zeros((), dtype=torch.float32)
     if kd_alpha > 0:
-        teacher_rows, teacher_logits_all = _teacher_logits(teacher_head, hidden_states, labels, ignore_index)
+        teacher_rows, teacher_logits_all = _teacher_logits(
+            teacher_head, hidden_states if teacher_hidden_states is None else teacher_hidden_states, labels,
+            ignore_index,
+        )
     step_losses, step_counts = [], []
     continuation = (distill_targets.clamp(min=0), distill_embeds) if distill_targets is not None else None
     states = iter_teacher_forced_states(drafter, hidden_states, input_embeds, num_steps, input_ids, continuation)

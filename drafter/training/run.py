@@ -68,12 +68,25 @@ def drafter_config(model_args: ModelArguments, base: PreTrainedModel) -> Drafter
     lm = BaseLM(base)
     return get_family(model_args.drafter_type).build_config(
         model_args,
+        base_config=base.config.get_text_config(),
         hidden_size=lm.hidden_size,
         vocab_size=lm.vocab_size,
         base_model_name_or_path=model_args.llm_name_or_path,
         base_model_fingerprint=lm.fingerprint(),
         draft_vocab_size=model_args.draft_vocab_size,
     )
+
+
+def check_feature_layers(cache, drafter: DrafterPreTrainedModel, features_dir: str) -> None:
+    """A drafter that fuses several base layers (EAGLE-3) trains from a cache only when the cache holds them."""
+    wanted = list(getattr(drafter, "context_layers", None) or [])
+    missing = [layer for layer in wanted if layer not in cache.layers]
+    if missing:
+        raise ValueError(
+            f"--features_dir {features_dir} stores base layers {cache.layers}, but this {drafter.config.model_type} "
+            f"reads layers {wanted}: rebuild it with python -m drafter.features ... --hidden_layers -1 "
+            + " ".join(map(str, wanted))
+        )
 
 
 def training_data(tokenizer, base: PreTrainedModel, data_args: DataArguments, seed: int) -> dict:
@@ -167,6 +180,8 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Dra
     datasets = training_data(tokenizer, base, data_args, training_args.seed)
     set_seed(training_args.seed)  # a fresh drafter's weights follow --seed (the Trainer seeds only later)
     drafter = build_drafter(model_args, base, training=training_args.phase == "train")
+    if data_args.features_dir:
+        check_feature_layers(datasets["train"].cache, drafter, data_args.features_dir)
     summary: dict = {"drafter_parameters": sum(p.numel() for p in drafter.parameters())}
     # Counted on the whole training split, before a distilled subset replaces it: with the distilled dataset
     # only --distill_max_examples conversations train, too few to rank a vocabulary of thousands of tokens.

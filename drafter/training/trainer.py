@@ -40,13 +40,11 @@ class DrafterTrainer(Trainer):
     ) -> DrafterLossOutput:
         """Base model forward (no grad; skipped when the batch carries cached hidden states) -> drafter loss through
         `model`'s own forward (wrapper-safe)."""
-        input_ids, attention_mask = inputs["input_ids"], inputs.get("attention_mask")
+        input_ids = inputs["input_ids"]
         distill_targets = inputs.get("distill_targets")  # (batch, seq, N) with the distilled dataset
         dtype = self.drafter.dtype
         with torch.no_grad():
-            hidden_states = inputs.get("hidden_states")  # from a feature cache: the base does not run
-            if hidden_states is None:
-                hidden_states = self.base.hidden_states(input_ids, attention_mask)
+            hidden_states, teacher_hidden = self._drafter_context(inputs)
             input_embeds = self.base.embed(input_ids)
             distill_embeds = None
             if distill_targets is not None:
@@ -54,6 +52,7 @@ class DrafterTrainer(Trainer):
         args = self.args
         return model(
             hidden_states=hidden_states.to(dtype),
+            teacher_hidden_states=teacher_hidden.to(dtype) if teacher_hidden is not None else None,
             input_embeds=input_embeds.to(dtype),
             labels=inputs["labels"],
             input_ids=input_ids,
@@ -66,6 +65,24 @@ class DrafterTrainer(Trainer):
             kd_alpha=args.kd_alpha if args.use_knowledge_distillation else 0.0,
             top_k=top_k,
         )
+
+    def _drafter_context(self, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """(the drafter's context (batch, seq, n * H), the base's last hidden state when that is not the context).
+
+        The context is the base's last hidden state, or, for drafters that fuse other layers (`context_layers`,
+        EAGLE-3), those layers concatenated; read from a feature cache's columns when the batch has them (the base
+        then does not run), else computed in one base forward."""
+        layers = getattr(self.drafter, "context_layers", None)
+        last = inputs.get("hidden_states")  # from a feature cache
+        if not layers:
+            if last is None:
+                last = self.base.hidden_states(inputs["input_ids"], inputs.get("attention_mask"))
+            return last, None
+        cached = [inputs.get(f"hidden_states.{layer}") for layer in layers]
+        if last is None or any(state is None for state in cached):
+            last, *cached = self.base.layer_hidden_states(inputs["input_ids"], inputs.get("attention_mask"),
+                                                          [-1, *layers])
+        return torch.cat(cached, dim=-1), last
 
     def _teacher_head(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """Base logits restricted to the draft vocabulary: only those rows of the output layer are computed."""

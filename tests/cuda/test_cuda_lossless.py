@@ -1,6 +1,6 @@
 """The CUDA tier: the same lossless guarantees on a GPU (skipped cleanly without one; see tests/conftest.py):
-greedy speculative = plain greedy for ReDrafter and Arctic LSTM (beam, static and per-head top-k trees) on a batch
-of prompts of different lengths, the exact sampling distribution, and a few bf16 training steps per family."""
+greedy speculative = plain greedy for ReDrafter, Arctic LSTM and EAGLE-3 (beam, static and per-head top-k trees) on a
+batch of prompts of different lengths, the exact sampling distribution, and a few bf16 training steps per family."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import torch
 from drafter import ArcticLSTMSpeculator, ArcticLSTMSpeculatorConfig
 from drafter.engine import AutoregressiveGenerator, SamplingConfig
 from drafter.generation import SpeculativeGenerator
-from tests.fakes import BigramDrafter, make_tiny_llama, make_tiny_redrafter
+from tests.fakes import BigramDrafter, make_tiny_eagle3, make_tiny_llama, make_tiny_redrafter
 from tests.unit.test_generation_sampling import chi_square_p_value, exact_sequence_distribution, flat_tiny_llama
 from tests.unit.test_training import make_trainer
 
@@ -50,6 +50,15 @@ def test_greedy_lossless_with_static_tree_and_arctic_topk(tier_device):
         assert spec.generate(PROMPTS, max_new_tokens=20).sequences == plain.sequences
 
 
+def test_greedy_lossless_with_eagle3_context_cache(tier_device):
+    base, _ = tiny_models(tier_device)
+    eagle3 = make_tiny_eagle3(base, seed=4).to(tier_device)
+    plain = AutoregressiveGenerator(base).generate(PROMPTS, max_new_tokens=20)
+    for kwargs in ({"beam_width": 2, "beam_length": 4}, {"top_k_tokens_per_head": [2, 1, 1]}):
+        spec = SpeculativeGenerator(base, eagle3, **kwargs)
+        assert spec.generate(PROMPTS, max_new_tokens=20, max_batch_size=2).sequences == plain.sequences
+
+
 def test_sampling_matches_the_exact_model_distribution(tier_device):
     base = flat_tiny_llama()
     sampling = SamplingConfig(temperature=0.9, top_k=8)
@@ -64,10 +73,11 @@ def test_sampling_matches_the_exact_model_distribution(tier_device):
     assert result.accepted_by_position[0] > 0.2 * copies
 
 
-@pytest.mark.parametrize("family", ["redrafter", "arctic_lstm"])
+@pytest.mark.parametrize("family", ["redrafter", "arctic_lstm", "eagle3"])
 def test_a_few_bf16_training_steps(tmp_path, tier_device, family):
     base = make_tiny_llama().to(tier_device)
-    drafter = make_tiny_redrafter(base) if family == "redrafter" else tiny_arctic("cpu", n_speculator_heads=2)
+    drafter = {"redrafter": lambda: make_tiny_redrafter(base), "eagle3": lambda: make_tiny_eagle3(base),
+               "arctic_lstm": lambda: tiny_arctic("cpu", n_speculator_heads=2)}[family]()
     trainer = make_trainer(tmp_path, base, drafter.train(), max_steps=12, learning_rate=1e-2, bf16=True,
                            use_cpu=tier_device == "cpu", logging_steps=4)
     before = trainer.evaluate()["eval_loss"]

@@ -52,6 +52,7 @@ DRAFT_VOCAB = 256
 FAMILIES = {
     "redrafter": dict(drafter_num_layers=1, drafter_predict_n_tokens=2),
     "arctic_lstm": dict(n_speculator_heads=2),
+    "eagle3": dict(drafter_predict_n_tokens=2, eagle3_intermediate_size=48),
 }
 STEPS = 3
 OUTPUT_FILES = {"config.json", "model.safetensors", "drafter_eval.json", "training_args.bin"}

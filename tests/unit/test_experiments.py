@@ -36,6 +36,16 @@ def test_grid_expands_product_then_extra_cells_with_overrides(tmp_path):
     assert kd_args["train_on_assistant_only"] is False
 
 
+def test_the_family_axis_takes_every_registered_family(tmp_path):
+    grid = _grid(tmp_path, axes={"family": ["redrafter", "arctic_lstm", "eagle3"]},
+                 family_arguments={"eagle3": {"drafter_predict_n_tokens": 3, "eagle3_aux_layers": [1, 2, 3]}})
+    cells = grid.expand()
+    assert [c.family for c in cells] == ["redrafter", "arctic_lstm", "eagle3"]
+    args = grid.train_arguments(cells[2])
+    assert args["drafter_type"] == "eagle3" and args["eagle3_aux_layers"] == [1, 2, 3]
+    assert "eagle3_aux_layers" not in grid.train_arguments(cells[0])
+
+
 @pytest.mark.parametrize(
     "spec, message",
     [

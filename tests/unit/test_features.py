@@ -13,13 +13,20 @@ from drafter.features import FeatureCache, FeatureDataset, FeatureSpec, StaleFea
 from drafter.features import cache as cache_module
 from drafter.training.arguments import DataArguments, DrafterTrainingArguments, ModelArguments
 from drafter.training.run import run
-from tests.fakes import make_chat_llama, make_tiny_llama, make_tiny_redrafter, save_with_tokenizer, smollm2_tokenizer
+from tests.fakes import (
+    make_chat_llama,
+    make_tiny_eagle3,
+    make_tiny_llama,
+    make_tiny_redrafter,
+    save_with_tokenizer,
+    smollm2_tokenizer,
+)
 from tests.unit.test_training import make_trainer
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 SPEC = FeatureSpec(model_max_length=48, num_eval_examples=3, hidden_dtype="float32", examples_per_shard=4,
-                   hidden_layers=(-1, 1))
+                   hidden_layers=(-1, 0, 1, 2))  # EAGLE-3 fuses three layers
 
 
 @pytest.fixture(autouse=True)
@@ -106,10 +113,14 @@ def test_stale_cache_is_refused(base, tokenizer, chats, tmp_path):
         build_features(other_base, tokenizer, chats, folder, SPEC, progress=False)
 
 
-def test_one_step_from_the_cache_equals_one_live_step(base, tokenizer, chats, tmp_path):
+@pytest.mark.parametrize("family", ["redrafter", "eagle3"])
+def test_one_step_from_the_cache_equals_one_live_step(base, tokenizer, chats, tmp_path, family):
     cache = build_features(base, tokenizer, chats, tmp_path / "features", SPEC, progress=False)
     tokenized = build_tokenized_datasets(tokenizer, chats, **SPEC.tokenized_params())
-    drafter = make_tiny_redrafter(base, drafter_predict_n_tokens=3)
+    if family == "eagle3":
+        drafter = make_tiny_eagle3(base, drafter_predict_n_tokens=3, eagle3_aux_layers=[0, 2, 1])
+    else:
+        drafter = make_tiny_redrafter(base, drafter_predict_n_tokens=3)
     collate = DataCollatorForDrafter(pad_token_id=tokenizer.pad_token_id)
     cached = collate([FeatureDataset(cache, "train")[i] for i in range(5)])
     live = collate([tokenized["train"][i] for i in range(5)])
@@ -141,3 +152,24 @@ def test_training_from_features_stops_at_the_time_budget_and_saves(base, tokeniz
     elsewhere = DrafterTrainingArguments(**{**training_args.to_dict(), "output_dir": str(tmp_path / "out2")})
     with pytest.raises(StaleFeaturesError, match="another base model"):
         run(ModelArguments(llm_name_or_path=str(other), drafter_num_layers=1), data_args, elsewhere)
+
+
+def test_eagle3_trains_from_a_cache_holding_its_layers_and_refuses_one_without(base, tokenizer, chats, tmp_path):
+    model_dir = tmp_path / "base"
+    save_with_tokenizer(base, tokenizer, model_dir)
+    features = build_features(base, tokenizer, chats, tmp_path / "features", SPEC, progress=False)
+    model_args = ModelArguments(llm_name_or_path=str(model_dir), drafter_type="eagle3", eagle3_aux_layers=[0, 1, 2],
+                                drafter_predict_n_tokens=2, draft_vocab_size=64)
+    training_args = DrafterTrainingArguments(
+        output_dir=str(tmp_path / "out"), max_steps=2, per_device_train_batch_size=2, save_strategy="no",
+        report_to=["none"], use_cpu=True, disable_tqdm=True, logging_steps=1,
+    )
+    summary = run(model_args, DataArguments(features_dir=str(features.root)), training_args)
+    assert summary["train_steps"] == 2 and "eval_step2_top1" in summary
+    saved = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert saved["model_type"] == "eagle3_drafter" and saved["eagle3_aux_layers"] == [0, 1, 2]
+    last_only = FeatureSpec(**{**SPEC.__dict__, "hidden_layers": (-1,)})
+    other = build_features(base, tokenizer, chats, tmp_path / "last-only", last_only, progress=False)
+    again = DrafterTrainingArguments(**{**training_args.to_dict(), "output_dir": str(tmp_path / "out2")})
+    with pytest.raises(ValueError, match="--hidden_layers -1 0 1 2"):
+        run(model_args, DataArguments(features_dir=str(other.root)), again)

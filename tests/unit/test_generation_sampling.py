@@ -101,7 +101,7 @@ def test_greedy_acceptance_walks_the_tree(seed: int):
     beams = random_beams(batch, width, length, vocab, seed)
     tree = build_tree(beams)
     logits = torch.randn(batch, tree.size, vocab, generator=torch.Generator().manual_seed(seed))
-    result = greedy_accept(tree, logits)
+    result = greedy_accept(tree, logits.argmax(dim=-1))
     for b in range(batch):
         node, path = 0, [0]
         while True:

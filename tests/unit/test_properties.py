@@ -205,7 +205,7 @@ def trees_with_logits(draw):
 def test_greedy_acceptance_is_the_plain_greedy_walk(case):
     beams, tree, logits = case
     _, _, length = beams.shape
-    result = greedy_accept(tree, logits)
+    result = greedy_accept(tree, logits.argmax(dim=-1))
     for b in range(len(beams)):
         nodes = prefix_nodes(beams, tree, b)
         prefix, path = (int(beams[b, 0, 0]),), [0]
@@ -225,7 +225,7 @@ def test_greedy_acceptance_is_the_plain_greedy_walk(case):
     # A static-size tree (any logits at its extra padding nodes) gives the same result: padding is never reached.
     static = build_tree(beams, static_size=True)
     padded = torch.cat([logits, logits.flip(1)[:, :1].expand(-1, static.size - tree.size, -1) + 9.0], dim=1)
-    static_result = greedy_accept(static, padded)
+    static_result = greedy_accept(static, padded.argmax(dim=-1))
     for name in ("num_accepted", "path_nodes", "path_tokens", "bonus_tokens"):
         assert torch.equal(getattr(static_result, name), getattr(result, name)), name
 
@@ -307,7 +307,7 @@ def test_strategies_reach_the_interesting_cases():
         beams, tree, logits = case
         seen["padding"] += int((~tree.valid).any())
         seen["shared"] += int(int(tree.num_nodes.min()) < max_tree_size(*beams.shape[1:]))
-        seen["deep"] += int(int(greedy_accept(tree, logits).num_accepted.max()) >= 2)
+        seen["deep"] += int(int(greedy_accept(tree, logits.argmax(dim=-1)).num_accepted.max()) >= 2)
 
     @property_settings(max_examples=15)
     @given(case=tree_with_probs())

@@ -10,7 +10,7 @@ import pytest
 from drafter.generation import SpeculativeGenerator, tree_budget
 from drafter.generation.tree import build_tree
 from drafter.generation.tree_budget import chain_beams, forward_cost_curve, nondecreasing, plan_tree_shape
-from tests.fakes import OracleDrafter, hf_greedy, make_tiny_llama, make_tiny_redrafter
+from tests.fakes import OracleDrafter, hf_greedy, make_tiny_eagle3, make_tiny_llama, make_tiny_redrafter
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -67,6 +67,21 @@ def test_estimate_of_the_calibration_shape_is_its_real_tau():
     assert 1.2 < plan.candidates[0].tokens_per_step < 3
     # Only steps whose whole continuation exists count in the plan (the last one or two may not).
     assert plan.candidates[0].tokens_per_step == pytest.approx(accepted / steps, abs=0.1)
+
+
+def test_eagle3_calibration_re_drafts_from_snapshots_of_its_context_cache():
+    """EAGLE-3 drafts from a cache the decode updates in place: the planner's re-drafting must see each step's
+    cache as it was, so the calibration shape's estimate is again its real tau."""
+    base = make_tiny_llama(seed=3, vocab_size=12)  # a small vocabulary: random drafts are often accepted
+    drafter = make_tiny_eagle3(base, seed=2)
+    prompts = [[5, 6, 7], [9, 10, 11, 4], [3, 8]]
+    plan = plan_tree_shape(base, drafter, prompts, widths=[3], lengths=[3], max_new_tokens=40,
+                           cost_curve=flat_curve(), log=lambda _: None)
+    decoder = SpeculativeGenerator(base, drafter, beam_width=3, beam_length=3)
+    results = [decoder.generate([p], max_new_tokens=40) for p in prompts]
+    tau = sum(r.accepted_per_sequence[0] for r in results) / sum(r.steps_per_sequence[0] for r in results)
+    assert tau > 1.1
+    assert plan.candidates[0].tokens_per_step == pytest.approx(tau, abs=0.05)
 
 
 def test_cost_curve_is_measured_once_per_machine(monkeypatch, tmp_path):
