@@ -41,7 +41,7 @@ def main() -> None:
     exported = export_speculator(drafter, export_dir, format="eagle3", dtype="float32")
     print(f"Exported to {export_dir}; serve it with:\n  {exported.serving_command}")
     argv = ["--speculator_path", args.speculator_path, "--eval_mt_bench", "--compare",
-            "--max_num_prompts", str(args.num_prompts), "--max_new_tokens", str(args.max_new_tokens),
+            "--max_num_prompts", str(args.num_prompts), "--max_generation_length", str(args.max_new_tokens),
             "--tree_shapes", f"1x{steps + 1}", "2x3", "--baselines", "vllm_plain", "vllm_eagle3"]
     if args.output_file:
         argv += ["--output_file", args.output_file]

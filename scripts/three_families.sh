@@ -6,13 +6,15 @@
 #   2. each family trained from it for TRAIN_MINUTES of wall-clock (same batch, draft vocabulary, drafting steps);
 #   3. one 80-prompt MT-Bench --compare run of the three against transformers generate;
 #   4. the EAGLE-3 drafter exported for vLLM and served there (benchmarks/vllm_serving.py; needs .venv-vllm).
-# Environment: OUT (outputs/three-families), TEACHER, TRAIN_MINUTES (12), PROMPTS (80), VLLM_PROMPTS (24).
+# Environment: OUT (outputs/three-families), TEACHER, TRAIN_MINUTES (12), PROMPTS (80), NEW_TOKENS (128),
+# VLLM_PROMPTS (24).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-outputs/three-families}
 TEACHER=${TEACHER:-outputs/teacher/smollm2-sharegpt-greedy-256}
 TRAIN_MINUTES=${TRAIN_MINUTES:-12}
 PROMPTS=${PROMPTS:-80}
+NEW_TOKENS=${NEW_TOKENS:-128}
 VLLM_PROMPTS=${VLLM_PROMPTS:-24}
 PY=.venv/bin/python
 mkdir -p "$OUT"
@@ -35,10 +37,11 @@ train eagle3 --drafter_predict_n_tokens 4 --learning_rate 1e-3
 
 [ -f "$OUT/mtbench$PROMPTS.json" ] || "$PY" generate_speculator.py \
   --speculator_path "$OUT/redrafter" "$OUT/arctic_lstm" "$OUT/eagle3" --eval_mt_bench --compare \
-  --max_num_prompts "$PROMPTS" --beam_width 2 --beam_length 3 --output_file "$OUT/mtbench$PROMPTS.json" \
+  --max_num_prompts "$PROMPTS" --max_generation_length "$NEW_TOKENS" --beam_width 2 --beam_length 3 \
+  --output_file "$OUT/mtbench$PROMPTS.json" \
   > "$OUT/compare.log" 2>&1
 
 if [ -x .venv-vllm/bin/python ]; then
   .venv-vllm/bin/python benchmarks/vllm_serving.py --speculator_path "$OUT/eagle3" --num_prompts "$VLLM_PROMPTS" \
-    --export_dir "$OUT/eagle3-vllm" --output_file "$OUT/vllm_serving.json" > "$OUT/vllm_serving.log" 2>&1
+    --max_new_tokens "$NEW_TOKENS" --export_dir "$OUT/eagle3-vllm" --output_file "$OUT/vllm_serving.json" > "$OUT/vllm_serving.log" 2>&1
 fi
