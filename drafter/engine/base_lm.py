@@ -133,7 +133,7 @@ class BaseLM:
             return [self.hidden_states(input_ids, attention_mask)]
         out = self.decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
                            output_hidden_states=True)
-        return [out.last_hidden_state if layer == -1 else out.hidden_states[layer] for layer in layers]
+        return _select_layers(out, layers)
 
     def fingerprint(self) -> str:
         """Identifies the base model's weights where drafters touch them: its config (sizes, vocabulary) and a
@@ -180,8 +180,7 @@ class BaseLM:
         )
         if not layers:
             return out.last_hidden_state
-        states = [out.last_hidden_state if layer == -1 else out.hidden_states[layer] for layer in layers]
-        return out.last_hidden_state, torch.cat(states, dim=-1)
+        return out.last_hidden_state, torch.cat(_select_layers(out, layers), dim=-1)
 
     def output_rows(self, token_ids: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         """Weight (V', H) and bias of the output layer, restricted to the vocabulary rows `token_ids` (V',)."""
@@ -235,3 +234,8 @@ class BaseLM:
             hidden, states = hidden
             return cache, hidden[:, -1], states, input_ids
         return cache, hidden[:, -1]
+
+
+def _select_layers(out, layers: Sequence[int]) -> List[torch.Tensor]:
+    """The decoder output's hidden states at `layers` (-1: the last hidden state; i: after decoder layer i)."""
+    return [out.last_hidden_state if layer == -1 else out.hidden_states[layer] for layer in layers]
