@@ -1,8 +1,8 @@
 """Training throughput from the feature cache against the live path, side by side in one run.
 
-The same drafter (fresh copy each time), the same batches, the same number of optimizer steps: once with the
-frozen base model running in every step, once reading its hidden states from a feature cache built just before
-(its build time is reported too). Prints a table and writes JSON.
+The same drafter (a fresh copy each), the same batches, the same number of optimizer steps, interleaved step by
+step: once with the frozen base model running in every step, once reading its hidden states from a feature cache
+built just before (its build time is reported too). Prints a table and writes JSON.
 
     python benchmarks/feature_training.py [--dataset_name sharegpt --max_examples 96 --model_max_length 256 \\
         --batch_size 8 --steps 10 --output benchmarks/results/feature_training.json]
@@ -27,19 +27,27 @@ from drafter.training.arguments import DrafterTrainingArguments
 from drafter.training.trainer import DrafterTrainer
 
 
-def timed_steps(trainer: DrafterTrainer, batches, steps: int) -> tuple[float, int]:
-    """Seconds for `steps` optimizer steps (forward, backward, AdamW) and the labelled targets they trained on."""
-    optimizer = torch.optim.AdamW(trainer.model.parameters(), lr=1e-3)
-    labelled = 0
-    start = time.perf_counter()
-    for step in range(steps):
-        batch = batches[step % len(batches)]
-        loss = trainer.drafter_forward(trainer.model, batch).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-        labelled += int((batch["labels"][:, 1:] != -100).sum())
-    return time.perf_counter() - start, labelled
+def interleaved_steps(trainers: dict, batches: dict, steps: int) -> dict:
+    """Per input: seconds for `steps` optimizer steps (forward, backward, AdamW) and the labelled targets trained on.
+
+    The inputs take turns step by step, so the machine's drift (this VM's speed moves by +-20 % within minutes)
+    falls on both alike."""
+    optimizers = {name: torch.optim.AdamW(trainer.model.parameters(), lr=1e-3) for name, trainer in trainers.items()}
+    results = {name: {"seconds": 0.0, "labelled_tokens": 0} for name in trainers}
+    for step in range(steps + 1):  # step 0 warms up and is not counted
+        for name, trainer in trainers.items():
+            batch = batches[name][step % len(batches[name])]
+            start = time.perf_counter()
+            loss = trainer.drafter_forward(trainer.model, batch).loss
+            loss.backward()
+            optimizers[name].step()
+            optimizers[name].zero_grad()
+            if step:
+                results[name]["seconds"] += time.perf_counter() - start
+                results[name]["labelled_tokens"] += int((batch["labels"][:, 1:] != -100).sum())
+    for entry in results.values():
+        entry["tokens_per_second"] = entry["labelled_tokens"] / entry["seconds"]
+    return results
 
 
 def main() -> None:
@@ -76,13 +84,12 @@ def main() -> None:
         )
         torch.manual_seed(0)
         drafter = AutoDrafter.from_config(config)
-        results = {}
-        for name, batches in (("live", live), ("feature_cache", cached)):
-            trainer = DrafterTrainer(model=copy.deepcopy(drafter), base_model=base, data_collator=collate,
-                                     args=DrafterTrainingArguments(output_dir=folder, use_cpu=True, report_to=["none"]))
-            timed_steps(trainer, batches, 1)  # warm-up
-            seconds, labelled = timed_steps(trainer, batches, args.steps)
-            results[name] = {"seconds": seconds, "labelled_tokens": labelled, "tokens_per_second": labelled / seconds}
+        trainers = {
+            name: DrafterTrainer(model=copy.deepcopy(drafter), base_model=base, data_collator=collate,
+                                 args=DrafterTrainingArguments(output_dir=folder, use_cpu=True, report_to=["none"]))
+            for name in ("live", "feature_cache")
+        }
+        results = interleaved_steps(trainers, {"live": live, "feature_cache": cached}, args.steps)
     speedup = results["feature_cache"]["tokens_per_second"] / results["live"]["tokens_per_second"]
     report = {"settings": vars(args), "feature_build_seconds": build_seconds,
               "feature_tokens": sum(s["tokens"] for s in cache.shards("train") + cache.shards("eval")),

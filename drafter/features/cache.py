@@ -119,6 +119,7 @@ class FeatureDataset(torch.utils.data.Dataset):
         self.cache = cache
         self.split = split
         self.distilled = distilled
+        self.layers = [layer for layer in cache.layers if layer != -1]  # further layers read with each example
         self._locations: List[tuple] = []  # (shard number, index within shard)
         for number, shard in enumerate(cache.shards(split)):
             self._locations.extend((number, i) for i in range(shard["examples"]))
@@ -150,12 +151,19 @@ class FeatureDataset(torch.utils.data.Dataset):
             "labels": self._ids(item, "labels"),
             "hidden_states": handle.get_slice("hidden")[start:end],
         }
-        for layer in self.cache.layers:
-            if layer != -1:
-                example[f"hidden_states.{layer}"] = handle.get_slice(hidden_key(layer))[start:end]
+        for layer in self.layers:
+            example[f"hidden_states.{layer}"] = handle.get_slice(hidden_key(layer))[start:end]
         if self.distilled:
             example["distill_targets"] = handle.get_slice("distill_targets")[start:end]
         return example
+
+    def read_layers(self, layers: List[int]) -> None:
+        """Read only these of the further layers (the rest stay on disk): a drafter of the last hidden state trains
+        from a cache built for EAGLE-3 without loading and collating the three layers it fuses."""
+        unknown = [layer for layer in layers if layer not in self.cache.layers]
+        if unknown:
+            raise ValueError(f"{self.cache.root} stores no base layers {unknown} (it has {self.cache.layers})")
+        self.layers = [layer for layer in layers if layer != -1]
 
     def _ids(self, item: int, name: str) -> List[int]:
         number, index = self._locations[item]

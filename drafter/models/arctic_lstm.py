@@ -159,6 +159,7 @@ class ArcticLSTMSpeculator(DrafterPreTrainedModel):
     config_class = ArcticLSTMSpeculatorConfig
     # advance_state receives base token ids, not base input embeddings (the speculator embeds them itself).
     consumes_token_ids = True
+    independent_positions = True
 
     def __init__(self, config: ArcticLSTMSpeculatorConfig):
         super().__init__(config)

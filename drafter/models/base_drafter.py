@@ -58,6 +58,9 @@ class DrafterPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = False
     # True: advance_state receives base token ids instead of base input embeddings (the drafter embeds them).
     consumes_token_ids = False
+    # True: the drafting at position t reads position t's context and the tokens after it only (no attention across
+    # positions), so training may compute the teacher-forced states at the positions that have targets alone.
+    independent_positions = False
 
     def __init__(self, config: DrafterConfig):
         super().__init__(config)

@@ -62,6 +62,7 @@ class ResidualBlock(nn.Module):
 
 class RecurrentDraftingModel(DrafterPreTrainedModel):
     config_class = RecurrentDraftingConfig
+    independent_positions = True
 
     def __init__(self, config: RecurrentDraftingConfig):
         super().__init__(config)

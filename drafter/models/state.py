@@ -35,6 +35,7 @@ def iter_teacher_forced_states(
     num_steps: int,
     input_ids: Optional[torch.Tensor] = None,
     continuation: Optional[Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]] = None,
+    positions: Optional[torch.Tensor] = None,
 ) -> Iterator[Tuple[int, Any]]:
     """Drafter states at every position for steps 0..num_steps-1 with the true tokens fed in.
 
@@ -43,7 +44,9 @@ def iter_teacher_forced_states(
     drafters with `consumes_token_ids = True` (which own their token embeddings).
     continuation: (ids (batch, seq, N), embeds (batch, seq, N, hidden)) of a per-position continuation (the
     distilled dataset); when given, step k feeds continuation token k instead of the sequence's token t+k+1.
-    Yields (step, state): (batch, seq, state_dim), or a tuple/dict of such tensors.
+    positions: (batch, seq) bool, only for drafters with `independent_positions`: the states are computed at
+    these positions only (training skips padding, prompts and positions without a target).
+    Yields (step, state): (batch, seq, state_dim), or (n, state_dim) with `positions`; or a tuple/dict of such.
     """
     reads_ids = getattr(drafter, "consumes_token_ids", False)
     if continuation is not None:
@@ -55,7 +58,10 @@ def iter_teacher_forced_states(
     if stream is None:
         wanted = "input_ids" if reads_ids else "input_embeds"
         raise ValueError(f"{type(drafter).__name__} reads {wanted}: pass {wanted} to its forward / drafter_loss")
-    state = drafter.initial_state(hidden_states)
+    if positions is not None and not getattr(drafter, "independent_positions", False):
+        raise ValueError(f"{type(drafter).__name__} attends across positions: its states need the whole sequence")
+    at = (lambda x: x) if positions is None else (lambda x: x[positions])  # noqa: E731
+    state = drafter.initial_state(at(hidden_states))
     for step in range(num_steps):
-        state = drafter.advance_state(state, step_tokens(step), step)
+        state = drafter.advance_state(state, at(step_tokens(step)), step)
         yield step, state

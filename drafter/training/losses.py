@@ -100,18 +100,23 @@ def drafter_loss(
         )
     step_losses, step_counts = [], []
     continuation = (distill_targets.clamp(min=0), distill_embeds) if distill_targets is not None else None
-    states = iter_teacher_forced_states(drafter, hidden_states, input_embeds, num_steps, input_ids, continuation)
+    step_targets = [  # (batch, seq) the base token each step predicts at each position, or ignore_index
+        _step_targets(labels, distill_targets, step, ignore_index) for step in range(num_steps)
+    ]
+    positions, at = None, (lambda x: x)  # noqa: E731
+    if getattr(drafter, "independent_positions", False):
+        # Only positions with a target in some step are drafted from (prompts and padding are skipped).
+        positions = torch.stack(step_targets).ne(ignore_index).any(0)  # (batch, seq)
+        at = lambda x: x[positions]  # noqa: E731
+    context = at(hidden_states)  # (batch, seq, H), or (n, H) at the positions
+    states = iter_teacher_forced_states(drafter, hidden_states, input_embeds, num_steps, input_ids, continuation,
+                                        positions)
     for step, state in states:
-        if distill_targets is None:
-            base_targets = shifted_labels(labels, step + 2, ignore_index)
-        else:  # a continuation is usable up to its first missing token
-            base_targets = distill_targets[:, :, step + 1].masked_fill(
-                (distill_targets[:, :, : step + 2] == ignore_index).any(-1), ignore_index
-            )
-        in_sequence = base_targets != ignore_index  # (batch, seq)
+        base_targets = at(step_targets[step])
+        in_sequence = base_targets != ignore_index
         targets = drafter.to_draft_ids(base_targets, ignore_index)[in_sequence]  # (n,)
         selected = map_state(state, lambda s, rows=in_sequence: s[rows])
-        logits = drafter.compute_logits(hidden_states[in_sequence], selected, step)  # (n, vocab)
+        logits = drafter.compute_logits(context[in_sequence], selected, step)  # (n, vocab)
         in_vocab = targets != ignore_index
         if in_vocab.any():
             hard = torch.nn.functional.cross_entropy(logits[in_vocab].float(), targets[in_vocab])
@@ -119,7 +124,7 @@ def drafter_loss(
             hard = logits.sum() * 0.0
         step_loss = hard
         if kd_alpha > 0:
-            teacher_logits = teacher_logits_all[shift_left(teacher_rows, step + 1)[in_sequence]]
+            teacher_logits = teacher_logits_all[at(shift_left(teacher_rows, step + 1))[in_sequence]]
             soft = distillation_loss(logits, teacher_logits, kd_temperature)
             step_loss = kd_alpha * soft + (1.0 - kd_alpha) * hard
         total = total + weights[step] * step_loss
@@ -127,6 +132,17 @@ def drafter_loss(
         if top_k:
             step_counts.append(_topk_counts(logits.detach(), targets, in_vocab, top_k))
     return DrafterLossOutput(loss=total, step_losses=step_losses, step_counts=step_counts)
+
+
+def _step_targets(labels: torch.Tensor, distill_targets: Optional[torch.Tensor], step: int,
+                  ignore_index: int) -> torch.Tensor:
+    """(batch, seq) what drafting step `step` predicts at each position: the sequence's token t + step + 2, or with
+    the distilled dataset continuation token step + 1, usable up to the continuation's first missing token."""
+    if distill_targets is None:
+        return shifted_labels(labels, step + 2, ignore_index)
+    return distill_targets[:, :, step + 1].masked_fill(
+        (distill_targets[:, :, : step + 2] == ignore_index).any(-1), ignore_index
+    )
 
 
 def _teacher_logits(teacher_head, hidden_states, labels, ignore_index):

@@ -182,6 +182,8 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Dra
     drafter = build_drafter(model_args, base, training=training_args.phase == "train")
     if data_args.features_dir:
         check_feature_layers(datasets["train"].cache, drafter, data_args.features_dir)
+        for rows in datasets.values():
+            rows.read_layers(list(getattr(drafter, "context_layers", None) or []))
     summary: dict = {"drafter_parameters": sum(p.numel() for p in drafter.parameters())}
     # Counted on the whole training split, before a distilled subset replaces it: with the distilled dataset
     # only --distill_max_examples conversations train, too few to rank a vocabulary of thousands of tokens.

@@ -75,6 +75,13 @@ def test_cache_holds_the_base_hidden_states_of_the_tokenized_examples(base, toke
             torch.testing.assert_close(example["hidden_states"], out.last_hidden_state[0], rtol=1e-5, atol=1e-5)
             torch.testing.assert_close(example["hidden_states.1"], out.hidden_states[1][0], rtol=1e-5, atol=1e-5)
     assert len(cache.shards("train")) == 3 and cache.index["complete"]  # 11 training examples, 4 per shard
+    last_only = FeatureDataset(cache, "eval")  # a drafter of the last hidden state leaves the other layers on disk
+    last_only.read_layers([])
+    assert sorted(last_only[0]) == ["hidden_states", "input_ids", "labels"]
+    last_only.read_layers([2])
+    assert sorted(last_only[0]) == ["hidden_states", "hidden_states.2", "input_ids", "labels"]
+    with pytest.raises(ValueError, match="no base layers \\[5\\]"):
+        last_only.read_layers([5])
 
 
 def test_killed_build_resumes_without_losing_or_repeating_examples(base, tokenizer, chats, tmp_path, monkeypatch):

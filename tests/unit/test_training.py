@@ -250,6 +250,52 @@ def test_checkpoint_holds_drafter_only_and_resume_continues(tmp_path):
     assert os.path.isfile(checkpoint / "trainer_state.json")
 
 
+def make_tiny_arctic(base, seed: int = 0):
+    from drafter import ArcticLSTMSpeculator, ArcticLSTMSpeculatorConfig
+
+    torch.manual_seed(seed)
+    return ArcticLSTMSpeculator(ArcticLSTMSpeculatorConfig(
+        hidden_size=base.config.hidden_size, vocab_size=VOCAB, n_speculator_heads=3, speculator_width=24))
+
+
+@pytest.mark.parametrize("make_drafter", [make_tiny_redrafter, make_tiny_arctic])
+@pytest.mark.parametrize("objective", ["ground_truth", "kd", "distilled"])
+def test_loss_at_target_positions_only_equals_loss_over_every_position(make_drafter, objective):
+    """Training drafts from the positions with a target only (prompts, padding and the sequence tail are skipped);
+    loss, gradients and counts must be those of drafting from every position."""
+    base = make_tiny_llama()
+    input_ids = torch.randint(0, VOCAB, (3, 14), generator=torch.Generator().manual_seed(1))
+    labels = input_ids.clone()
+    labels[0, :6] = -100  # a prompt
+    labels[1, 9:] = -100  # padding
+    labels[2, 4] = -100  # a hole
+    hidden, embeds = base_features(base, input_ids)
+    kwargs = dict(input_ids=input_ids, top_k=2)
+    if objective == "kd":
+        kwargs.update(teacher_head=base.get_output_embeddings(), kd_alpha=0.5, kd_temperature=2.0)
+    if objective == "distilled":
+        continuation = torch.randint(0, VOCAB, (3, 14, 4), generator=torch.Generator().manual_seed(2))
+        continuation[labels == -100] = -100
+        continuation[0, 8, 2:] = -100
+        kwargs.update(distill_targets=continuation,
+                      distill_embeds=base.get_input_embeddings()(continuation.clamp(min=0)).detach())
+    results = []
+    for skip in (True, False):
+        drafter = make_drafter(base)
+        assert drafter.independent_positions
+        drafter.independent_positions = skip  # False: the whole sequence, as drafters attending across positions
+        drafter.zero_grad()
+        out = drafter_loss(drafter, hidden, embeds, labels, 3, **kwargs)
+        out.loss.backward()
+        results.append((out, {name: p.grad.clone() for name, p in drafter.named_parameters() if p.grad is not None}))
+    (skipped, skipped_grads), (full, full_grads) = results
+    torch.testing.assert_close(skipped.loss, full.loss, rtol=1e-5, atol=1e-6)
+    assert skipped.step_counts == full.step_counts and skipped.step_counts[0][0] > 0
+    assert skipped_grads.keys() == full_grads.keys()
+    for name in full_grads:
+        torch.testing.assert_close(skipped_grads[name], full_grads[name], rtol=1e-4, atol=1e-6)
+
+
 def test_distilled_loss_equals_ground_truth_loss_when_continuations_are_the_sequence():
     """The distilled path feeds continuation tokens and targets the next one; if every continuation is the
     true sequence, it must reproduce the ground-truth loss exactly."""
