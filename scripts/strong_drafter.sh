@@ -3,24 +3,30 @@
 # stages; re-running skips what is done. Every stage can be stopped and run again.
 #   1. teacher data: the base model's own greedy answers to ShareGPT prompts (MT-Bench's questions excluded),
 #      vLLM when .venv-vllm exists (bash scripts/bootstrap_vllm.sh), else the toolkit's own decoder;
-#      TEACHER_SHARDS processes, one per core;
+#      TEACHER_SHARDS processes, one per core. The data set the shipped drafter trained on is kept compressed in
+#      benchmarks/teacher/ and used as it is unless REGENERATE_TEACHER=1 (or TEACHER names another folder);
 #   2. feature cache of those chats (the base runs once);
 #   3. training from the cache, many epochs, within TRAIN_MINUTES;
 #   4. the 80-prompt MT-Bench comparison against transformers generate.
-# Environment: OUT (outputs/strong-drafter), TEACHER_EXAMPLES (8000), TEACHER_SHARDS (2), TRAIN_MINUTES (60).
+# Environment: OUT (outputs/strong-drafter), TEACHER, REGENERATE_TEACHER, TEACHER_EXAMPLES (8000), TEACHER_SHARDS
+# (2), TRAIN_MINUTES (80).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-outputs/strong-drafter}
 TEACHER=${TEACHER:-outputs/teacher/smollm2-sharegpt-greedy-256}
 TEACHER_EXAMPLES=${TEACHER_EXAMPLES:-8000}
 TEACHER_SHARDS=${TEACHER_SHARDS:-2}
-TRAIN_MINUTES=${TRAIN_MINUTES:-60}
+TRAIN_MINUTES=${TRAIN_MINUTES:-80}
+KEPT_TEACHER=benchmarks/teacher/smollm2-sharegpt-greedy-256
+if [ -z "${REGENERATE_TEACHER:-}" ] && [ ! -f "$TEACHER/data.jsonl" ] && [ -f "$KEPT_TEACHER/data.jsonl.xz" ]; then
+  TEACHER=$KEPT_TEACHER
+fi
 PY=.venv/bin/python
 GEN_PY=$PY
 [ -x .venv-vllm/bin/python ] && GEN_PY=.venv-vllm/bin/python
 mkdir -p "$OUT"
 
-if [ ! -f "$TEACHER/data.jsonl" ]; then
+if [ ! -f "$TEACHER/data.jsonl" ] && [ ! -f "$TEACHER/data.jsonl.xz" ]; then
   for ((shard = 0; shard < TEACHER_SHARDS; shard++)); do
     VLLM_CPU_OMP_THREADS_BIND=$shard "$GEN_PY" -m drafter.teacher.generate --dataset_name sharegpt \
       --max_examples "$TEACHER_EXAMPLES" --data_seed 0 --exclude_dataset mtbench --max_tokens 256 --gen_temp 0 \
@@ -35,7 +41,7 @@ fi
 
 "$PY" train_speculator.py --features_dir "$OUT/features" --drafter_predict_n_tokens 4 --exit_dim_multiplier 1.0 \
   --draft_vocab_size 4096 --per_device_train_batch_size 16 --learning_rate 2e-3 --lr_scheduler_type cosine \
-  --warmup_steps 50 --num_train_epochs 20 --max_train_minutes "$TRAIN_MINUTES" --logging_steps 20 \
+  --warmup_steps 50 --num_train_epochs 9 --max_train_minutes "$TRAIN_MINUTES" --logging_steps 20 \
   --save_strategy steps --save_steps 200 --save_total_limit 2 --output_dir "$OUT/drafter" --report_to tensorboard
 
 "$PY" generate_speculator.py --speculator_path "$OUT/drafter" --eval_mt_bench --compare --beam_width 2 \

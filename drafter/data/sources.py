@@ -11,15 +11,17 @@ Names understood by :func:`load_conversations`:
 * ``mtbench``: the 80 MT-Bench questions shipped with this package (first turn as a user message);
 * ``alpaca`` / ``wikitext``: Hugging Face Hub datasets (need network; a clear error says what to do offline);
 * a path to a local ``.json`` / ``.jsonl`` / ``.parquet`` file with ``messages``, ``conversations`` (ShareGPT),
-  ``text``, or prompt/response style columns;
-* a folder holding such a file as ``data.jsonl`` / ``data.json`` / ``data.parquet`` (e.g. teacher data written
-  by ``python -m drafter.teacher.generate``).
+  ``text``, or prompt/response style columns; JSON files may be compressed (``.jsonl.xz``, ``.json.gz``);
+* a folder holding such a file as ``data.jsonl`` / ``data.json`` / ``data.parquet`` / ``data.jsonl.xz`` (e.g.
+  teacher data written by ``python -m drafter.teacher.generate``, or a compressed copy kept in the repository).
 """
 
 from __future__ import annotations
 
+import gzip
 import json
 import logging
+import lzma
 import os
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
@@ -32,8 +34,10 @@ from .normalize import DataSourceError, rows_to_dataset
 logger = logging.getLogger(__name__)
 
 LOCAL_EXTENSIONS = (".json", ".jsonl", ".parquet")
+# JSON files may be compressed; the extension before the compression one says the format.
+COMPRESSED_OPENERS = {".xz": lzma.open, ".gz": gzip.open}
 # A folder passed as a dataset is read through the first of these files it holds.
-DIRECTORY_DATA_FILES = ("data.jsonl", "data.json", "data.parquet")
+DIRECTORY_DATA_FILES = ("data.jsonl", "data.json", "data.parquet", "data.jsonl.xz", "data.jsonl.gz")
 _NAME_ALIASES = {
     "sharegpt": "sharegpt",
     "sharegpt_v3": "sharegpt",
@@ -55,7 +59,7 @@ def resolve_source(dataset_name: str) -> Tuple[str, Optional[Path]]:
     if builtin is not None:
         return builtin, None
     path = Path(name).expanduser()
-    looks_like_path = path.suffix.lower() in LOCAL_EXTENSIONS or os.sep in name or path.exists()
+    looks_like_path = _data_suffix(path) in LOCAL_EXTENSIONS or os.sep in name or path.exists()
     if not looks_like_path:
         raise DataSourceError(
             f"Unknown dataset '{name}'. Use one of {list(BUILTIN_NAMES)} or a path to a local "
@@ -73,8 +77,9 @@ def resolve_source(dataset_name: str) -> Tuple[str, Optional[Path]]:
         )
     if not path.is_file():
         raise FileNotFoundError(f"Dataset file '{name}' does not exist (or is not a file).")
-    if path.suffix.lower() not in LOCAL_EXTENSIONS:
-        raise DataSourceError(f"Unsupported file type '{path.suffix}' for '{name}'; use {'/'.join(LOCAL_EXTENSIONS)}.")
+    if _data_suffix(path) not in LOCAL_EXTENSIONS or (_compression(path) and _data_suffix(path) == ".parquet"):
+        raise DataSourceError(f"Unsupported file type '{''.join(path.suffixes)}' for '{name}'; use "
+                              f"{'/'.join(LOCAL_EXTENSIONS)} (JSON also as .xz / .gz).")
     return "file", path.resolve()
 
 
@@ -181,10 +186,26 @@ def _subset(dataset: datasets.Dataset, max_examples: Optional[int], seed: int) -
 # ------------------------------------------------------------------------------------------------- local files
 
 
+def _compression(path: Path) -> Optional[str]:
+    suffix = path.suffix.lower()
+    return suffix if suffix in COMPRESSED_OPENERS else None
+
+
+def _data_suffix(path: Path) -> str:
+    """The format's extension: `.jsonl` for both `data.jsonl` and `data.jsonl.xz`."""
+    return (path.with_suffix("") if _compression(path) else path).suffix.lower()
+
+
+def _open_local(path: Path, mode: str):
+    """Open a local data file, decompressing .xz / .gz on the fly."""
+    compression = _compression(path)
+    return COMPRESSED_OPENERS[compression](path, mode) if compression else open(path, mode)
+
+
 def _read_json_records(path: Path) -> List[Dict[str, Any]]:
     """Rows of a JSON file: a list of objects, an object holding one such list, or JSON Lines saved as .json."""
-    with open(path, "r", encoding="utf-8") as f:
-        text = f.read()
+    with _open_local(path, "rb") as f:
+        text = f.read().decode("utf-8")
     try:
         data = json.loads(text)
     except json.JSONDecodeError as error:
@@ -203,14 +224,14 @@ def _read_json_records(path: Path) -> List[Dict[str, Any]]:
 
 def _read_local_rows(path: Path) -> List[Dict[str, Any]]:
     """Read a local .json / .jsonl / .parquet file into a list of row dicts."""
-    suffix = path.suffix.lower()
+    suffix = _data_suffix(path)
     if suffix == ".parquet":
         import pyarrow.parquet as pq
 
         return pq.read_table(path).to_pylist()
     if suffix == ".jsonl":
         rows = []
-        with open(path, "rb") as f:
+        with _open_local(path, "rb") as f:
             for line_number, raw in enumerate(f, start=1):
                 try:
                     line = raw.decode("utf-8")

@@ -228,6 +228,26 @@ def test_local_files(tmp_path):
     assert load_conversations(pairs)[0]["messages"][1]["content"] == "r"
 
 
+def test_compressed_json_files_and_folders_read_as_the_plain_ones(tmp_path):
+    import gzip
+    import lzma
+
+    rows = [{"id": str(i), "messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": "é"}]}
+            for i in range(3)]
+    plain = load_conversations(write_jsonl(tmp_path / "chats.jsonl", rows)).to_list()
+    text = (tmp_path / "chats.jsonl").read_bytes()
+    (tmp_path / "chats.jsonl.xz").write_bytes(lzma.compress(text))
+    (tmp_path / "list.json.gz").write_bytes(gzip.compress(json.dumps(rows).encode()))
+    folder = tmp_path / "teacher"
+    folder.mkdir()
+    (folder / "data.jsonl.xz").write_bytes(lzma.compress(text))
+    for source in ("chats.jsonl.xz", "list.json.gz", "teacher"):
+        assert load_conversations(str(tmp_path / source)).to_list() == plain
+    (tmp_path / "t.parquet.gz").write_bytes(b"")
+    with pytest.raises(DataSourceError, match="Unsupported file type '.parquet.gz'"):
+        load_conversations(str(tmp_path / "t.parquet.gz"))
+
+
 def test_clear_errors(tmp_path, monkeypatch):
     with pytest.raises(DataSourceError, match="Unknown dataset 'no_such_dataset'"):
         load_conversations("no_such_dataset")
@@ -369,3 +389,7 @@ def test_benchmark_questions_are_kept_out_of_teacher_prompts():
     assert [p["id"] for p in kept] == ["clean"] and dropped == 3
     recipe = (REPO_ROOT / "scripts" / "strong_drafter.sh").read_text()
     assert "--exclude_dataset mtbench" in recipe  # the shipped drafter's teacher prompts exclude the benchmark
+    # ...and the teacher data kept in the repository (what the shipped drafter trained on) holds none of them
+    shipped = load_conversations(str(REPO_ROOT / "benchmarks" / "teacher" / "smollm2-sharegpt-greedy-256"))
+    shipped_prompts = [{"id": row["id"], "messages": row["messages"]} for row in shipped]
+    assert len(shipped_prompts) > 3000 and exclude_prompts_of(shipped_prompts, "mtbench")[1] == 0
