@@ -36,7 +36,7 @@ from drafter.store import write_json
 
 logger = logging.getLogger("generate_speculator")
 # Used when no --speculator_path is given for the embedded base model (see BENCHMARKS.md for how it was made).
-DEFAULT_DRAFTER = Path(__file__).resolve().parent / "benchmarks" / "drafters" / "smollm2-redrafter-sharegpt-kd"
+DEFAULT_DRAFTER = Path(__file__).resolve().parent / "benchmarks" / "drafters" / "smollm2-redrafter-selfdistill"
 
 
 @dataclass

@@ -123,3 +123,21 @@ def test_cli_rejects_inconsistent_arguments(embedded_random_drafter):
     assert result.returncode != 0 and "--compare is part of --eval_mt_bench" in result.stderr
     result = run_cli(["--speculator_path", embedded_random_drafter, embedded_random_drafter, "--prompt", "Hi"])
     assert result.returncode != 0 and "only for --eval_mt_bench --compare" in result.stderr
+
+
+def test_without_a_drafter_the_embedded_model_gets_the_shipped_one():
+    """`python generate_speculator.py --interactive` works out of the box: the shipped drafter is filled in and
+    is a drafter of the embedded model; another base model still needs --speculator_path."""
+    import generate_speculator
+    from drafter import AutoDrafter
+    from drafter.engine import EMBEDDED_BASE_MODEL
+    from drafter.errors import UsageError
+
+    args = generate_speculator.GenerationArguments(interactive=True)
+    generate_speculator.check_modes(args)
+    assert args.speculator_path == [str(generate_speculator.DEFAULT_DRAFTER)]
+    drafter = AutoDrafter.from_pretrained(args.speculator_path[0])
+    assert drafter.config.base_model_name_or_path == EMBEDDED_BASE_MODEL and drafter.config.hidden_size == 576
+    assert drafter.config.base_model_fingerprint  # checked against the embedded base when it loads
+    with pytest.raises(UsageError, match="--speculator_path is required"):
+        generate_speculator.check_modes(generate_speculator.GenerationArguments(interactive=True, base_model="x/y"))
