@@ -12,7 +12,7 @@ Names understood by :func:`load_conversations`:
 * ``alpaca`` / ``wikitext``: Hugging Face Hub datasets (need network; a clear error says what to do offline);
 * a path to a local ``.json`` / ``.jsonl`` / ``.parquet`` file with ``messages``, ``conversations`` (ShareGPT),
   ``text``, or prompt/response style columns; JSON files may be compressed (``.jsonl.xz``, ``.json.gz``);
-* a folder holding such a file as ``data.jsonl`` / ``data.json`` / ``data.parquet`` / ``data.jsonl.xz`` (e.g.
+* a folder holding such a file as ``data.jsonl`` / ``data.json`` / ``data.parquet`` / ``data.jsonl.xz`` / ``.gz`` (e.g.
   teacher data written by ``python -m drafter.teacher.generate``, or a compressed copy kept in the repository).
 """
 

@@ -77,9 +77,11 @@ def drafter_config(model_args: ModelArguments, base: PreTrainedModel) -> Drafter
     )
 
 
-def check_feature_layers(cache, drafter: DrafterPreTrainedModel, features_dir: str) -> None:
-    """A drafter that fuses several base layers (EAGLE-3) trains from a cache only when the cache holds them."""
+def use_feature_layers(datasets: dict, drafter: DrafterPreTrainedModel, features_dir: str) -> None:
+    """Make the feature datasets read the base layers the drafter fuses (EAGLE-3), and no others: a drafter of the
+    last hidden state leaves an EAGLE-3 cache's extra layers on disk. A cache without those layers is refused."""
     wanted = list(getattr(drafter, "context_layers", None) or [])
+    cache = datasets["train"].cache
     missing = [layer for layer in wanted if layer not in cache.layers]
     if missing:
         raise ValueError(
@@ -87,6 +89,8 @@ def check_feature_layers(cache, drafter: DrafterPreTrainedModel, features_dir: s
             f"reads layers {wanted}: rebuild it with python -m drafter.features ... --hidden_layers -1 "
             + " ".join(map(str, wanted))
         )
+    for rows in datasets.values():
+        rows.read_layers(wanted)
 
 
 def training_data(tokenizer, base: PreTrainedModel, data_args: DataArguments, seed: int) -> dict:
@@ -181,9 +185,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Dra
     set_seed(training_args.seed)  # a fresh drafter's weights follow --seed (the Trainer seeds only later)
     drafter = build_drafter(model_args, base, training=training_args.phase == "train")
     if data_args.features_dir:
-        check_feature_layers(datasets["train"].cache, drafter, data_args.features_dir)
-        for rows in datasets.values():
-            rows.read_layers(list(getattr(drafter, "context_layers", None) or []))
+        use_feature_layers(datasets, drafter, data_args.features_dir)
     summary: dict = {"drafter_parameters": sum(p.numel() for p in drafter.parameters())}
     # Counted on the whole training split, before a distilled subset replaces it: with the distilled dataset
     # only --distill_max_examples conversations train, too few to rank a vocabulary of thousands of tokens.
