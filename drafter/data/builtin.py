@@ -12,7 +12,7 @@ from typing import Any, Dict, Iterator, Optional, Tuple
 
 import datasets
 
-from ..store import cache_root, fingerprint, save_dataset_atomically
+from ..store import cache_root, discard_dir, fingerprint, save_dataset_atomically
 from .normalize import CHAT_FEATURES, DataSourceError, rows_to_dataset
 
 logger = logging.getLogger(__name__)
@@ -94,7 +94,8 @@ def load_sharegpt() -> datasets.Dataset:
         try:
             return datasets.load_from_disk(str(cache_path))
         except Exception as error:  # a damaged cache is rebuilt rather than fatal
-            logger.warning("Ignoring unreadable ShareGPT cache at %s (%s)", cache_path, error)
+            logger.warning("Rebuilding unreadable ShareGPT cache at %s (%s)", cache_path, error)
+            discard_dir(cache_path)
     logger.info("Converting the embedded ShareGPT V3 dump (first use); caching it at %s", cache_path)
     dataset = _convert_sharegpt()
     save_dataset_atomically(dataset, cache_path)

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from ..engine.loading import tokenizer_fingerprint
-from ..store import cache_root, fingerprint, save_dataset_atomically, write_json
+from ..store import cache_root, discard_dir, fingerprint, save_dataset_atomically
 from .builtin import CONVERTER_VERSION
 from .chat import IGNORE_INDEX, tokenize_example
 from .sources import load_conversations, source_fingerprint
@@ -177,7 +177,8 @@ def build_tokenized_datasets(
             logger.info("Loaded tokenized '%s' from cache %s", dataset_name, cache_path)
             return cached
         except Exception as error:  # a damaged cache is rebuilt rather than fatal
-            logger.warning("Ignoring unreadable cache %s (%s)", cache_path, error)
+            logger.warning("Rebuilding unreadable cache %s (%s)", cache_path, error)
+            discard_dir(cache_path)
 
     raw = load_conversations(dataset_name, max_examples=max_examples, seed=seed)
     splits = split_train_eval(raw, eval_examples, seed)
@@ -195,9 +196,8 @@ def build_tokenized_datasets(
         )
         if len(tokenized["train"]) == 0:
             raise _no_labels_error(dataset_name, splits["train"], model_max_length, train_on_assistant_only)
-        save_dataset_atomically(tokenized, cache_path)
         info = {"dataset_name": str(dataset_name), "params": params, "key": key}
-        write_json(cache_path / "drafter_cache_info.json", info)
+        save_dataset_atomically(tokenized, cache_path, info=info)
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
     logger.info(

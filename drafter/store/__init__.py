@@ -6,7 +6,7 @@
 * `shards`: append-only JSONL shard files that survive kills, read back exactly once and merged.
 """
 
-from .atomic import atomic_dir, atomic_path, save_dataset_atomically, write_json, write_jsonl
+from .atomic import atomic_dir, atomic_path, discard_dir, save_dataset_atomically, write_json, write_jsonl
 from .fingerprint import (
     StaleCacheError,
     check_identity,
@@ -25,6 +25,7 @@ __all__ = [
     "atomic_path",
     "cache_root",
     "check_identity",
+    "discard_dir",
     "fingerprint",
     "fingerprint_bytes",
     "fingerprint_file",

@@ -9,11 +9,12 @@ import shutil
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Union
+from typing import Any, Iterable, Iterator, Mapping, Optional, Union
 
 logger = logging.getLogger(__name__)
 
 PathLike = Union[str, os.PathLike]
+CACHE_INFO_FILE = "drafter_cache_info.json"
 
 
 @contextmanager
@@ -52,18 +53,18 @@ def write_jsonl(path: PathLike, rows: Iterable[Mapping[str, Any]]) -> None:
 def atomic_dir(path: PathLike) -> Iterator[Path]:
     """Yield a temporary sibling folder to fill; on success it becomes `path` in one rename.
 
-    When another process created `path` first, theirs is kept (the work is the same); on an error the temporary
-    folder is removed.
+    An existing `path` is never replaced: when another process finished the same work first, theirs is kept and
+    ours dropped, so a process already reading theirs never sees it vanish (several ranks of one training run
+    build the same cache at once). A damaged `path` must be removed first (`discard_dir`). On an error the
+    temporary folder is removed.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp_path = path.with_name(f"{path.name}.tmp-{uuid.uuid4().hex[:8]}")
     try:
         yield tmp_path
-        if path.exists():
-            shutil.rmtree(path, ignore_errors=True)
         try:
-            os.replace(tmp_path, path)
+            os.replace(tmp_path, path)  # fails on a non-empty folder: rename(2) never merges or overwrites one
         except OSError:
             if not path.exists():
                 raise
@@ -72,7 +73,22 @@ def atomic_dir(path: PathLike) -> Iterator[Path]:
         shutil.rmtree(tmp_path, ignore_errors=True)
 
 
-def save_dataset_atomically(dataset: Any, path: PathLike) -> None:
-    """`datasets` `save_to_disk`, atomically (see `atomic_dir`): readers never see a half-written cache."""
+def discard_dir(path: PathLike) -> None:
+    """Remove a folder (a damaged cache) so `atomic_dir` can write it anew: renamed aside in one step, then
+    deleted, so `path` is never seen half-deleted. Nothing happens when it is gone already."""
+    path = Path(path)
+    aside = path.with_name(f"{path.name}.discarded-{uuid.uuid4().hex[:8]}")
+    try:
+        os.replace(path, aside)
+    except FileNotFoundError:
+        return
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def save_dataset_atomically(dataset: Any, path: PathLike, info: Optional[Mapping[str, Any]] = None) -> None:
+    """`datasets` `save_to_disk`, atomically (see `atomic_dir`): readers never see a half-written cache. `info`,
+    when given, is written beside it as ``drafter_cache_info.json`` in the same rename."""
     with atomic_dir(path) as tmp_path:
         dataset.save_to_disk(str(tmp_path))
+        if info is not None:
+            write_json(tmp_path / CACHE_INFO_FILE, info)

@@ -332,6 +332,20 @@ def test_build_tokenized_datasets_split_and_cache(tokenizer, tmp_path, monkeypat
     assert calls[0] == 32
 
 
+def test_a_damaged_tokenized_cache_is_rebuilt(tokenizer, tmp_path, monkeypatch):
+    data_file = write_jsonl(tmp_path / "chats.jsonl", chat_rows(12))
+    cache_dir = tmp_path / "tok-cache"
+    built = build_tokenized_datasets(tokenizer, data_file, model_max_length=64, eval_examples=2, cache_dir=cache_dir)
+    (cache_path,) = [p for p in cache_dir.iterdir() if not p.name.startswith(".")]
+    assert json.loads((cache_path / "drafter_cache_info.json").read_text())["params"]["model_max_length"] == 64
+    (cache_path / "train" / "dataset_info.json").write_text("{ damaged")
+    calls = count_tokenize_calls(monkeypatch)
+    again = build_tokenized_datasets(tokenizer, data_file, model_max_length=64, eval_examples=2, cache_dir=cache_dir)
+    assert calls[0] == 13
+    assert again["train"]["input_ids"] == built["train"]["input_ids"]
+    assert sorted(p.name for p in cache_dir.iterdir()) == [cache_path.name]
+
+
 def test_build_tokenized_datasets_text_and_fraction(tokenizer, tmp_path):
     docs = [{"text": f"Document {i} has some words in it."} for i in range(20)]
     data_file = write_jsonl(tmp_path / "docs.jsonl", docs)
