@@ -1,17 +1,24 @@
-"""CPU matrix-multiply path for the few-row linear layers of decoding.
+"""CPU matrix-multiply paths for the few-row linear layers of decoding.
 
 On CPU, torch sends `F.linear(x, W)` with a handful of rows x (M, K) to MKL, whose cost grows about linearly in M
-up to M ~ 4 (a 2-token forward of SmolLM2-135M cost 1.85x a 1-token one, measured by `benchmarks/verify_cost.py`)
-although one pass over the weights is what bounds it. The same product written as `(W @ x.T).T`, i.e. with the few
-rows as GEMM's N dimension, streams the weights about once for M = 2 .. 16 (2-token forward: 1.03x). Speculative
-verification (M = tree nodes), batched plain decoding (M = rows) and beam drafting all run at such M.
+on the AMD EPYC measured (over the embedded model's 211 linear layers: 1 row 74 ms, 4 rows 149, 16 rows 156)
+although one pass over the weights is what bounds it. Speculative verification (M = tree nodes), batched plain
+decoding (M = rows) and beam drafting all run at such M.
 
-`use_small_batch_kernels(model)` switches every `nn.Linear` of a CPU float32 model to that path (the module
-stays an `nn.Linear`: same parameters, state dict, hooks). One row (plain decoding at batch 1) keeps torch's own
-matrix-vector path, so plain decoding stays bit-identical to stock transformers; verification computes the same
-products through other kernels, i.e. with float32 rounding differences (as any wider forward has), and greedy
-answers stay identical to plain decoding's (measured: 16/16 MT-Bench answers). `stock_kernels(model)` switches
-back for a while (the "stock transformers" peer of a benchmark).
+Two paths, best first:
+
+* the native kernel (`native.py`, `csrc/rows_linear.cpp`) for 1 .. `NATIVE_MAX_ROWS` rows: streams the weights
+  once on all threads (same 211 layers: 1 row 37 ms, 8 rows 38, 16 rows 73) and is batch-invariant: a row's
+  output is bit-identical whatever else is in the call and however many threads run it. Plain decoding (1 row)
+  and tree verification (M rows) therefore compute the same linear layers bit for bit;
+* where it is unavailable (no compiler, no AVX2, ``DRAFTER_NATIVE_KERNELS=0``), the same product written as
+  `(W @ x.T).T` for 2 .. `SMALL_BATCH_ROWS` rows (MKL with the few rows as GEMM's N: about one weight pass up to
+  4 rows, 1.5-1.8x at 9-16); one row keeps torch's matrix-vector path.
+
+`use_small_batch_kernels(model)` switches every `nn.Linear` of a CPU float32 model to these paths (the module
+stays an `nn.Linear`: same parameters, state dict, hooks); anything that needs gradients, other dtypes and
+devices, and code being compiled keep `F.linear`. `stock_kernels(model)` switches back for a while (the "stock
+transformers" peer of a benchmark).
 """
 
 from __future__ import annotations
@@ -23,8 +30,13 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-# Up to this many rows the transposed product is faster on the CPUs measured (AVX2, MKL); above it (batched
-# decoding, training batches) both paths cost about the same and torch's own is kept.
+from .native import rows_linear_op
+
+# Up to this many rows the native kernel beats MKL on the CPUs measured (64 rows: 174 vs 275 ms over the 211
+# layers); longer prompts' prefill keeps MKL's GEMM.
+NATIVE_MAX_ROWS = 64
+# Without the native kernel: up to this many rows the transposed product is faster on the CPUs measured (AVX2,
+# MKL); above it (batched decoding, training batches) both paths cost about the same and torch's own is kept.
 SMALL_BATCH_ROWS = 16
 # MKL's kernels for a few columns are faster at some counts than at one fewer (measured over the embedded model's
 # 211 linear layers, median of 7 interleaved rounds: 3 rows 60 ms -> padded to 4, 43 ms; 7 -> 8: 70 -> 58;
@@ -33,11 +45,15 @@ PADDED_ROWS = {3: 4, 7: 8, 11: 16, 12: 16, 13: 16, 14: 16, 15: 16}
 
 
 def small_batch_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """`F.linear(x, weight, bias)` for x (..., K), weight (N, K), computed as (weight @ x.T).T when x has 2 ..
-    `SMALL_BATCH_ROWS` rows and lives on the CPU."""
+    """`F.linear(x, weight, bias)` for x (..., K), weight (N, K), through the native kernel for 1 ..
+    `NATIVE_MAX_ROWS` rows of float32 on the CPU, else as (weight @ x.T).T for 2 .. `SMALL_BATCH_ROWS` rows."""
     rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
+    if x.device.type != "cpu" or rows == 0 or torch.compiler.is_compiling() or _needs_grad(x, weight, bias):
+        return F.linear(x, weight, bias)
+    if rows <= NATIVE_MAX_ROWS and _all_float32(x, weight, bias) and (native := rows_linear_op()) is not None:
+        return native(x.reshape(rows, x.shape[-1]), weight, bias).reshape(*x.shape[:-1], weight.shape[0])
     # One row (a plain decoding step) is a matrix-vector product, which torch's own path does well.
-    if x.device.type != "cpu" or not 1 < rows <= SMALL_BATCH_ROWS:
+    if not 1 < rows <= SMALL_BATCH_ROWS:
         return F.linear(x, weight, bias)
     flat = x.reshape(rows, x.shape[-1])
     padding = PADDED_ROWS.get(rows, rows) - rows
@@ -49,6 +65,20 @@ def small_batch_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[tor
     if bias is not None:
         out = out + bias
     return out.reshape(*x.shape[:-1], weight.shape[0])
+
+
+def _needs_grad(*tensors: Optional[torch.Tensor]) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def _all_float32(*tensors: Optional[torch.Tensor]) -> bool:
+    return all(t is None or t.dtype == torch.float32 for t in tensors)
+
+
+def kernel_policy() -> dict:
+    """Which path serves which row counts here (part of a measured cost curve's identity)."""
+    return {"native_rows": NATIVE_MAX_ROWS if rows_linear_op() is not None else 0,
+            "transposed_rows": SMALL_BATCH_ROWS, "padded": PADDED_ROWS}
 
 
 class SmallBatchLinear(nn.Linear):

@@ -101,7 +101,7 @@ def machine_key(base: PreTrainedModel) -> Dict[str, Any]:
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "dtype": str(next(base.parameters()).dtype),
         # the kernel policy, so that changing it re-measures
-        "small_batch_kernels": {"rows": kernels.SMALL_BATCH_ROWS, "padded": kernels.PADDED_ROWS} if switched else None,
+        "small_batch_kernels": kernels.kernel_policy() if switched else None,
     }
 
 

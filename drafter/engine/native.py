@@ -1,0 +1,61 @@
+"""The toolkit's native CPU kernel (`csrc/rows_linear.cpp`), compiled on first use and cached.
+
+It is built with torch's own extension builder (`torch.utils.cpp_extension.load`) into torch's extensions folder
+(``$TORCH_EXTENSIONS_DIR``, else ``~/.cache/torch_extensions``), once per machine, source and torch version: about
+a minute with g++. Where it cannot be built (no C++ compiler, a CPU without AVX2, not x86-64) or
+``DRAFTER_NATIVE_KERNELS=0`` is set, `rows_linear_op()` returns None after one log line saying why, and the
+callers keep torch's kernels.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import platform
+import shutil
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("csrc") / "rows_linear.cpp"
+SWITCH_ENV = "DRAFTER_NATIVE_KERNELS"
+# AVX2 + FMA, not -march=native: the cached build must also run on another AVX2 machine sharing the home folder.
+COMPILE_FLAGS = ["-O3", "-mavx2", "-mfma", "-fopenmp"]
+
+
+def unavailable_reason() -> Optional[str]:
+    """Why the native kernel cannot run here, or None when it can."""
+    if os.environ.get(SWITCH_ENV, "").strip().lower() in ("0", "false", "no", "off"):
+        return f"{SWITCH_ENV}=0"
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return f"not an x86-64 CPU ({platform.machine()})"
+    if torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"):
+        return f"the CPU lacks AVX2 (torch reports {torch.backends.cpu.get_cpu_capability()})"
+    if shutil.which(os.environ.get("CXX", "c++")) is None:
+        return "no C++ compiler on PATH (install g++)"
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def rows_linear_op() -> Optional[Callable[..., torch.Tensor]]:
+    """`torch.ops.drafter.rows_linear(x (M, K), weight (N, K), bias (N,) or None) -> (M, N)`, float32 CPU,
+    batch-invariant (see the source); None where it is unavailable (logged once, with the reason)."""
+    reason = unavailable_reason()
+    if reason is not None:
+        logger.info("Native few-row CPU kernel off (%s); torch's kernels are used", reason)
+        return None
+    from torch.utils import cpp_extension
+
+    logger.info("Loading the native few-row CPU kernel (its first build on a machine takes about a minute)")
+    try:
+        cpp_extension.load(name="drafter_rows_linear", sources=[str(SOURCE)], extra_cflags=COMPILE_FLAGS,
+                           extra_ldflags=["-fopenmp"], is_python_module=False, verbose=False)
+    except Exception as error:  # a failed build is a slower run, not a failed one
+        logger.warning("Native few-row CPU kernel could not be built (%s); torch's kernels are used",
+                       " ".join(str(error).split())[:300])
+        return None
+    return torch.ops.drafter.rows_linear
