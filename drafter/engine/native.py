@@ -1,10 +1,10 @@
 """The toolkit's native CPU kernel (`csrc/rows_linear.cpp`), compiled on first use and cached.
 
-It is built with torch's own extension builder (`torch.utils.cpp_extension.load`) into torch's extensions folder
-(``$TORCH_EXTENSIONS_DIR``, else ``~/.cache/torch_extensions``), once per machine, source and torch version: about
-a minute with g++. Where it cannot be built (no C++ compiler, a CPU without AVX2, not x86-64) or
-``DRAFTER_NATIVE_KERNELS=0`` is set, `rows_linear_op()` returns None after one log line saying why, and the
-callers keep torch's kernels.
+It is built with torch's own extension builder (`torch.utils.cpp_extension.load`) under torch's extensions folder
+(``$TORCH_EXTENSIONS_DIR``, else ``~/.cache/torch_extensions``), in a folder of its own per torch installation
+(a second virtual environment does not rebuild over the first's), once per machine: under a minute with g++.
+Where it cannot be built (no C++ compiler, a CPU without AVX2, not x86-64) or ``DRAFTER_NATIVE_KERNELS=0`` is
+set, `rows_linear_op()` returns None after one log line saying why, and the callers keep torch's kernels.
 """
 
 from __future__ import annotations
@@ -14,10 +14,13 @@ import logging
 import os
 import platform
 import shutil
+import sys
 from pathlib import Path
 from typing import Callable, Optional
 
 import torch
+
+from ..store import fingerprint
 
 logger = logging.getLogger(__name__)
 
@@ -50,10 +53,14 @@ def rows_linear_op() -> Optional[Callable[..., torch.Tensor]]:
         return None
     from torch.utils import cpp_extension
 
-    logger.info("Loading the native few-row CPU kernel (its first build on a machine takes about a minute)")
+    root = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or Path.home() / ".cache" / "torch_extensions")
+    build_dir = root / f"drafter_rows_linear-{fingerprint([torch.__version__, torch.__file__, sys.version], 12)}"
+    logger.info("Loading the native few-row CPU kernel from %s (its first build takes under a minute)", build_dir)
     try:
+        build_dir.mkdir(parents=True, exist_ok=True)
         cpp_extension.load(name="drafter_rows_linear", sources=[str(SOURCE)], extra_cflags=COMPILE_FLAGS,
-                           extra_ldflags=["-fopenmp"], is_python_module=False, verbose=False)
+                           extra_ldflags=["-fopenmp"], build_directory=str(build_dir), is_python_module=False,
+                           verbose=False)
     except Exception as error:  # a failed build is a slower run, not a failed one
         logger.warning("Native few-row CPU kernel could not be built (%s); torch's kernels are used",
                        " ".join(str(error).split())[:300])
