@@ -21,7 +21,8 @@ def test_local_folder_loads_frozen(tmp_path):
     assert not any(p.requires_grad for p in base.parameters())
     assert not base.training
     ids = torch.randint(0, 96, (1, 7))
-    torch.testing.assert_close(base(ids).logits, tiny(ids).logits)
+    # The loaded model runs the few-row CPU kernels (engine/kernels.py): the same products, other rounding.
+    torch.testing.assert_close(base(ids).logits, tiny(ids).logits, rtol=1e-4, atol=1e-4)
     assert base_model_config(str(tmp_path / "base")).hidden_size == 32
 
 
