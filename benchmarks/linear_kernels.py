@@ -21,18 +21,8 @@ from torch.nn import functional as F
 from drafter.engine import EMBEDDED_BASE_MODEL, kernels, load_base_model, small_batch_linear
 from drafter.evaluation.benchmark import environment
 
-
-def transposed_path(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """`small_batch_linear` as it runs without the native kernel."""
-    native = kernels.rows_linear_op
-    kernels.rows_linear_op = lambda: None
-    try:
-        return small_batch_linear(x, weight)
-    finally:
-        kernels.rows_linear_op = native
-
-
-PATHS = {"torch F.linear (MKL)": F.linear, "(W @ x.T).T": transposed_path, "native kernel": small_batch_linear}
+PATHS = {"torch F.linear (MKL)": F.linear, "(W @ x.T).T": kernels.transposed_linear,
+         "native kernel": small_batch_linear}
 
 
 @torch.inference_mode()

@@ -1,19 +1,19 @@
 """CPU matrix-multiply paths for the few-row linear layers of decoding.
 
 On CPU, torch sends `F.linear(x, W)` with a handful of rows x (M, K) to MKL, whose cost grows about linearly in M
-on the AMD EPYC measured (over the embedded model's 211 linear layers: 1 row 74 ms, 4 rows 149, 16 rows 156)
+on the AMD EPYC measured (over the embedded model's 211 linear layers: 1 row 75 ms, 4 rows 144, 16 rows 162)
 although one pass over the weights is what bounds it. Speculative verification (M = tree nodes), batched plain
 decoding (M = rows) and beam drafting all run at such M.
 
 Two paths, best first:
 
 * the native kernel (`native.py`, `csrc/rows_linear.cpp`) for 1 .. `NATIVE_MAX_ROWS` rows: streams the weights
-  once on all threads (same 211 layers: 1 row 37 ms, 8 rows 38, 16 rows 73) and is batch-invariant: a row's
+  once on all threads (same 211 layers: 1 row 42 ms, 8 rows 45, 16 rows 74) and is batch-invariant: a row's
   output is bit-identical whatever else is in the call and however many threads run it. Plain decoding (1 row)
   and tree verification (M rows) therefore compute the same linear layers bit for bit;
-* where it is unavailable (no compiler, no AVX2, ``DRAFTER_NATIVE_KERNELS=0``), the same product written as
-  `(W @ x.T).T` for 2 .. `SMALL_BATCH_ROWS` rows (MKL with the few rows as GEMM's N: about one weight pass up to
-  4 rows, 1.5-1.8x at 9-16); one row keeps torch's matrix-vector path.
+* where it is unavailable (no compiler, no AVX2, ``DRAFTER_NATIVE_KERNELS=0``), `transposed_linear`: the same
+  product written as `(W @ x.T).T` for 2 .. `SMALL_BATCH_ROWS` rows (MKL with the few rows as GEMM's N: about
+  one weight pass up to 4 rows, 1.5-1.8x at 9-16); one row keeps torch's matrix-vector path.
 
 `use_small_batch_kernels(model)` switches every `nn.Linear` of a CPU float32 model to these paths (the module
 stays an `nn.Linear`: same parameters, state dict, hooks); anything that needs gradients, other dtypes and
@@ -32,7 +32,7 @@ from torch.nn import functional as F
 
 from .native import rows_linear_op
 
-# Up to this many rows the native kernel beats MKL on the CPUs measured (64 rows: 174 vs 275 ms over the 211
+# Up to this many rows the native kernel beats MKL on the CPUs measured (64 rows: 213 vs 274 ms over the 211
 # layers); longer prompts' prefill keeps MKL's GEMM.
 NATIVE_MAX_ROWS = 64
 # Without the native kernel: up to this many rows the transposed product is faster on the CPUs measured (AVX2,
@@ -46,12 +46,19 @@ PADDED_ROWS = {3: 4, 7: 8, 11: 16, 12: 16, 13: 16, 14: 16, 15: 16}
 
 def small_batch_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
     """`F.linear(x, weight, bias)` for x (..., K), weight (N, K), through the native kernel for 1 ..
-    `NATIVE_MAX_ROWS` rows of float32 on the CPU, else as (weight @ x.T).T for 2 .. `SMALL_BATCH_ROWS` rows."""
+    `NATIVE_MAX_ROWS` rows of float32 on the CPU, else through `transposed_linear`."""
     rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
     if x.device.type != "cpu" or rows == 0 or torch.compiler.is_compiling() or _needs_grad(x, weight, bias):
         return F.linear(x, weight, bias)
     if rows <= NATIVE_MAX_ROWS and _all_float32(x, weight, bias) and (native := rows_linear_op()) is not None:
         return native(x.reshape(rows, x.shape[-1]), weight, bias).reshape(*x.shape[:-1], weight.shape[0])
+    return transposed_linear(x, weight, bias)
+
+
+def transposed_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """`F.linear(x, weight, bias)` computed as (weight @ x.T).T when x has 2 .. `SMALL_BATCH_ROWS` rows (the path
+    without the native kernel); other row counts go to `F.linear`."""
+    rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
     # One row (a plain decoding step) is a matrix-vector product, which torch's own path does well.
     if not 1 < rows <= SMALL_BATCH_ROWS:
         return F.linear(x, weight, bias)

@@ -2,8 +2,8 @@
 //
 // Why: MKL's kernels for a few rows cost up to ~1.8x one pass over the weights at M = 9-16 rows, yet a decoding
 // or verification step of a small model is bound by that one pass (540 MB of fp32 weights for SmolLM2-135M).
-// Here every thread streams its share of W's rows once: a block of NT rows stays in L1 while all M rows of x
-// (L2-resident) meet it.
+// Here every thread streams its share of W's rows once, in L2-sized groups; a block of NT rows stays in L1 while
+// up to kRowsInL1 rows of x meet it.
 //
 // Batch invariance: y[m][n] is always the same sequence of operations (8-lane FMA partial sums over k in order,
 // one fixed horizontal sum, a scalar FMA tail, then the bias), whatever M is, which tile holds the row and how
