@@ -12,12 +12,13 @@ import weakref
 from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
-from transformers import Cache, DynamicCache, PreTrainedModel
+from transformers import Cache, PreTrainedModel
 
 from ..store import fingerprint, fingerprint_bytes
+from .attention import grouped_kv_attention
 from .dtypes import at_least_float32
 from .kernels import small_batch_linear
-from .kv_cache import SlotKVCache, prefill_mask
+from .kv_cache import SlotKVCache, empty_slot_cache, prefill_mask
 
 Prompts = Union[Sequence[Sequence[int]], torch.Tensor]
 _FINGERPRINT_CONFIG_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
@@ -120,9 +121,14 @@ class BaseLM:
         """Input embeddings (..., H) of base token ids (...)."""
         return self.embed_tokens(token_ids)
 
+    def _decode(self, **inputs):
+        """The decoder's output for `inputs` (every decoder call goes through here; see `grouped_kv_attention`)."""
+        with grouped_kv_attention(self.decoder.config):
+            return self.decoder(**inputs)
+
     def hidden_states(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Last hidden states (B, T, H) of whole sequences (B, T), no cache (training batches)."""
-        return self.decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+        return self._decode(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
 
     def layer_hidden_states(
         self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor], layers: Sequence[int]
@@ -131,7 +137,7 @@ class BaseLM:
         norm, what the output layer reads); 0 the input embeddings; i the output of decoder layer i (1-based)."""
         if list(layers) == [-1]:
             return [self.hidden_states(input_ids, attention_mask)]
-        out = self.decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
+        out = self._decode(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
                            output_hidden_states=True)
         return _select_layers(out, layers)
 
@@ -170,7 +176,7 @@ class BaseLM:
         layers: also return the hidden states at these `layer_hidden_states` indices, concatenated (B, Q, n * H)
             (what an EAGLE-3 drafter reads); the result is then (hidden, concatenated).
         """
-        out = self.decoder(
+        out = self._decode(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
@@ -222,12 +228,10 @@ class BaseLM:
         for row, (prompt, start) in enumerate(zip(prompts, starts)):
             input_ids[row, start:] = torch.tensor(prompt, dtype=torch.long)
         input_ids = input_ids.to(device)
-        cache = SlotKVCache(DynamicCache(config=self.model.config), starts, [0] * batch, device)
-        cache.check_layers()
+        cache = SlotKVCache(empty_slot_cache(self.model.config), starts, [0] * batch, device)
         position_ids = (torch.arange(length, device=device)[None, :] - cache.starts[:, None]).clamp(min=0)
         hidden = self.forward(input_ids, prefill_mask(cache.starts, length, self.mask_dtype), position_ids, cache,
                               layers)
-        cache.check_layers()  # lazily created layers are only known now
         cache.ends_host = [length] * batch
         cache.ends = torch.full((batch,), length, dtype=torch.long, device=device)
         if layers:

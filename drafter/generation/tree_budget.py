@@ -66,12 +66,10 @@ class TreeForwardTimer:
         self.context = context
         vocab = self.lm.vocab_size
         self.cache, _ = self.lm.prefill([[(100 + i) % vocab for i in range(context)]])
-        self._saved = [(layer.keys.clone(), layer.values.clone()) for layer in self.cache.cache.layers]
 
     def reset(self) -> None:
-        for layer, (keys, values) in zip(self.cache.cache.layers, self._saved):
-            layer.keys, layer.values = keys, values
-        self.cache.ends_host, self.cache.ends = [self.context], torch.tensor([self.context], device=self.lm.device)
+        # A forward and its commit write only past the context's slots, which therefore stay as prefilled.
+        self.cache.rewind([self.context])
 
     @torch.inference_mode()
     def forward(self, nodes: int) -> torch.Tensor:

@@ -22,10 +22,10 @@ from __future__ import annotations
 from typing import Any, Dict, List, Optional, Sequence
 
 import torch
-from transformers import DynamicCache, LlamaConfig
+from transformers import LlamaConfig
 from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
-from ..engine.kv_cache import SlotKVCache
+from ..engine.kv_cache import SlotKVCache, empty_slot_cache
 from .base_drafter import DrafterConfig, DrafterPreTrainedModel
 from .eagle3_layer import Eagle3DecoderLayer, attend
 
@@ -190,7 +190,7 @@ class Eagle3Drafter(DrafterPreTrainedModel):
         next token (the prompt shifted by one, then the first generated token); prompt_mask: (B, P, P) bool, the
         prompts' causal mask. Returns (cache, (B, H) output at the last slot: the first drafting context).
         """
-        cache = SlotKVCache(DynamicCache(), starts, [0] * len(starts), context.device)
+        cache = SlotKVCache(empty_slot_cache(num_layers=1), starts, [0] * len(starts), context.device)
         length = context.shape[1]
         positions = (torch.arange(length, device=context.device)[None] - cache.starts[:, None]).clamp(min=0)
         out = self._context_step(cache, context, token_embeds, prompt_mask, positions)
