@@ -24,6 +24,9 @@ Prompts = Union[Sequence[Sequence[int]], torch.Tensor]
 _FINGERPRINT_CONFIG_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
                             "intermediate_size", "vocab_size", "max_position_embeddings", "rope_theta",
                             "rms_norm_eps", "layer_norm_epsilon", "tie_word_embeddings", "final_logit_softcapping")
+# How `BaseLM.forward` runs a multi-token forward: part of the identity of a measured cost curve (tree_budget),
+# so a change of the path re-measures instead of planning with another path's costs.
+FORWARD_PATH = "preallocated slot cache, grouped-K/V SDPA on CPU"
 # The frozen base model's fingerprint, computed once per model object (hashing the embeddings takes ~0.5 s).
 _FINGERPRINTS: "weakref.WeakKeyDictionary[PreTrainedModel, str]" = weakref.WeakKeyDictionary()
 

@@ -24,7 +24,7 @@ import torch
 from transformers import PreTrainedModel
 
 from ..engine import kernels
-from ..engine.base_lm import BaseLM
+from ..engine.base_lm import FORWARD_PATH, BaseLM
 from ..engine.decode import DecodingState
 from ..engine.result import PhaseTimer
 from ..engine.sampling import SamplingConfig
@@ -100,6 +100,7 @@ def machine_key(base: PreTrainedModel) -> Dict[str, Any]:
         "dtype": str(next(base.parameters()).dtype),
         # the kernel policy, so that changing it re-measures
         "small_batch_kernels": kernels.kernel_policy() if switched else None,
+        "forward_path": FORWARD_PATH,
     }
 
 
