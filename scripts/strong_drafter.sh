@@ -7,7 +7,7 @@
 #      benchmarks/teacher/ and used as it is unless REGENERATE_TEACHER=1 (or TEACHER names another folder);
 #   2. feature cache of those chats (the base runs once);
 #   3. training from the cache, many epochs, within TRAIN_MINUTES;
-#   4. the 80-prompt MT-Bench comparison against transformers generate.
+#   4. the 80-prompt MT-Bench comparison against transformers generate, at the --tree_budget auto shape.
 # Environment: OUT (outputs/strong-drafter), TEACHER, REGENERATE_TEACHER, TEACHER_EXAMPLES (8000), TEACHER_SHARDS
 # (2), TRAIN_MINUTES (80).
 set -euo pipefail
@@ -44,5 +44,6 @@ fi
   --warmup_steps 50 --num_train_epochs 9 --max_train_minutes "$TRAIN_MINUTES" --logging_steps 20 \
   --save_strategy steps --save_steps 200 --save_total_limit 2 --output_dir "$OUT/drafter" --report_to tensorboard
 
-"$PY" generate_speculator.py --speculator_path "$OUT/drafter" --eval_mt_bench --compare --beam_width 2 \
-  --beam_length 3 --output_file "$OUT/mtbench80.json"
+# at the drafter's fastest shape on this machine (the acceptance measure), chosen and printed by the planner
+"$PY" generate_speculator.py --speculator_path "$OUT/drafter" --eval_mt_bench --compare --tree_budget auto \
+  --output_file "$OUT/mtbench80.json"
