@@ -42,6 +42,10 @@ class SlotLayer(DynamicLayer):
             self.lazy_initialization(key_states, value_states)
         start = self.num_slots
         end = start + key_states.shape[2]
+        # transformers' own DynamicLayer methods (reset, batch_select_indices, ...) assign new tensors to keys /
+        # values: those then become the storage's contents.
+        if not self._views_of_storage():
+            self._store(self.keys, self.values, capacity=end + HEADROOM_SLOTS)
         if end > self.capacity:
             self._store(self.keys, self.values, capacity=max(2 * self.capacity, end + HEADROOM_SLOTS))
         self._key_storage[:, :, start:end].copy_(key_states)
@@ -52,6 +56,10 @@ class SlotLayer(DynamicLayer):
     @property
     def num_slots(self) -> int:
         return self.keys.shape[2] if self.is_initialized else 0
+
+    def _views_of_storage(self) -> bool:
+        return (self.keys.data_ptr() == self._key_storage.data_ptr()
+                and self.values.data_ptr() == self._value_storage.data_ptr())
 
     @property
     def capacity(self) -> int:

@@ -8,7 +8,7 @@ import torch
 from transformers import Qwen2Config
 
 from drafter.engine import AutoregressiveGenerator, BaseLM, SamplingConfig, attention
-from drafter.engine.kv_cache import HEADROOM_SLOTS, empty_slot_cache
+from drafter.engine.kv_cache import HEADROOM_SLOTS, SlotLayer, empty_slot_cache
 from drafter.engine.result import PhaseTimer
 from drafter.generation import build_tree
 from tests.fakes import make_tiny_llama
@@ -87,3 +87,13 @@ def test_a_tree_forward_with_grouped_kv_attention_equals_repeated_kv_heads(monke
         repeated = tree_hidden(grouped=False)
     torch.testing.assert_close(grouped, repeated, rtol=1e-6, atol=1e-6)
     assert base.config._attn_implementation == "sdpa"  # the user's model is left as it was
+
+
+def test_keys_assigned_by_transformers_own_layer_methods_become_the_storage():
+    layer = SlotLayer()
+    first, second = torch.randn(2, 3, 4, 8), torch.randn(1, 3, 1, 8)
+    layer.update(first, first + 1)
+    layer.batch_select_indices(torch.tensor([1]))  # DynamicLayer's: assigns new keys / values tensors
+    keys, values = layer.update(second, second + 1)
+    assert torch.equal(keys, torch.cat([first[1:], second], dim=2))
+    assert torch.equal(values, torch.cat([first[1:], second], dim=2) + 1)
