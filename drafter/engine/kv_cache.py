@@ -70,13 +70,6 @@ class SlotLayer(DynamicLayer):
         self.keys = self._key_storage[:, :, :slots]
         self.values = self._value_storage[:, :, :slots]
 
-    def crop(self, tokens_to_remove: int) -> None:
-        """transformers' `crop` (a negative count of tokens to drop), without copying."""
-        if tokens_to_remove > 0:
-            raise ValueError("crop takes a negative number of tokens to remove")
-        if self.is_initialized and tokens_to_remove:
-            self.set_length(self.num_slots + tokens_to_remove)
-
     def move_slots(self, source: torch.Tensor, target: torch.Tensor) -> None:
         """Copy slots `source` (B, K) to slots `target` (B, K), per row, in place. Sources and targets may overlap:
         everything is gathered before anything is written."""
@@ -185,13 +178,14 @@ class SlotKVCache:
         source = old_slots + path_nodes  # (B, K) slots the forward wrote
         target = self.ends[:, None] + torch.arange(keep, device=path_nodes.device)  # (B, K)
         self.ends_host = [e + n for e, n in zip(self.ends_host, num_new_host)]
+        new_slots = self.num_slots
         for layer in self.layers:
             if layer.num_slots < old_slots + keep:
                 raise RuntimeError("commit expects the forward's tokens to be appended to the cache")
             # Targets past num_new land in holes below the forward's last slot (ends + K <= old_slots + Q), and are
             # cut away or masked.
             layer.move_slots(source, target)
-            layer.set_length(self.num_slots)
+            layer.set_length(new_slots)
         self.ends = self.ends + num_new
 
     def append_all(self, count: int) -> None:
