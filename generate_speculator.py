@@ -30,7 +30,7 @@ from drafter.engine import EMBEDDED_BASE_MODEL, AutoregressiveGenerator, load_ba
 from drafter.errors import UsageError, run_main
 from drafter.evaluation.answers import AnswerLog, answer_prompts
 from drafter.evaluation.benchmark import BASELINE_METHODS, DEFAULT_BASELINES, BenchmarkConfig, environment
-from drafter.evaluation.compare import TreeShape, auto_tree_shape, compare_drafters, parse_tree_shape
+from drafter.evaluation.compare import TreeShape, auto_tree_shape, compare_drafters, parse_lookup, parse_tree_shape
 from drafter.evaluation.report import markdown_table, plot_summary
 from drafter.store import write_json
 
@@ -89,10 +89,18 @@ class GenerationArguments:
                   "(measures the verification cost once per model and machine, and the drafter's acceptance on "
                   "calibration prompts; prints the shape and why). Beam search drafting only."},
     )
+    lookup_tokens: int = field(
+        default=8,
+        metadata={"help": "Every step also verifies up to K tokens copied from the conversation itself (what "
+                  "followed the last occurrence of its newest tokens: prompt lookup), as one more branch of the "
+                  "drafter's tree; lossless. 0: the drafter's candidates only. With --tree_budget auto: the lookup "
+                  "size (none, 2, 4, ... K) is planned with the beam shape."},
+    )
     tree_shapes: list[str] = field(
         default_factory=list,
-        metadata={"help": "--compare: several beam shapes per drafter in one run, as WxL or auto, e.g. 2x2 2x3 4x4 "
-                  "auto (default: the one shape of --beam_width/--beam_length/--tree_budget)."},
+        metadata={"help": "--compare: several beam shapes per drafter in one run, as WxL, WxL+K (K context-lookup "
+                  "tokens; plain WxL takes --lookup_tokens) or auto, e.g. 2x2 2x3 4x3+8 auto (default: the one "
+                  "shape of --beam_width/--beam_length/--lookup_tokens/--tree_budget)."},
     )
     batch_size: int = field(default=1, metadata={"help": "Prompts decoded together (--eval_mt_bench)."})
     max_generation_length: Optional[int] = field(
@@ -132,6 +140,7 @@ class GenerationArguments:
             ("repeats", self.repeats, lambda v: v >= 1, ">= 1"),
             ("warmup", self.warmup, lambda v: v >= 0, ">= 0"),
             ("threads", self.threads, lambda v: v is None or v >= 1, ">= 1"),
+            ("lookup_tokens", self.lookup_tokens, lambda v: v >= 0, ">= 0 (0 = no context lookup)"),
         ]
         for name, value, valid, rule in checks:
             if not valid(value):
@@ -139,7 +148,7 @@ class GenerationArguments:
         if self.tree_budget not in (None, "auto"):
             raise ValueError(f"--tree_budget {self.tree_budget}: the only budget is auto")
         for shape in self.tree_shapes:
-            parse_tree_shape(shape)
+            parse_tree_shape(shape, self.lookup_tokens)
         unknown = [b for b in self.baselines if b not in BASELINE_METHODS]
         if unknown:
             raise ValueError(f"--baselines {' '.join(unknown)}: choose from {', '.join(BASELINE_METHODS)}")
@@ -173,6 +182,7 @@ def tree_shape(args: GenerationArguments) -> TreeShape:
     return TreeShape(
         beam_width=args.beam_width, beam_length=args.beam_length,
         top_k_tokens_per_head=args.top_k_tokens_per_head, n_candidates=args.n_candidates,
+        lookup_tokens=args.lookup_tokens,
     )
 
 
@@ -181,7 +191,8 @@ def make_decoder(args: GenerationArguments, base: PreTrainedModel, tokenizer, dr
     if args.autoregressive or not drafters:
         return AutoregressiveGenerator(base)
     shape = resolve_tree_shape(args, base, tokenizer, drafters[0], {}, "speculative")
-    args.beam_width, args.beam_length = shape.beam_width, shape.beam_length  # recorded with the results
+    # recorded with the results
+    args.beam_width, args.beam_length, args.lookup_tokens = shape.beam_width, shape.beam_length, shape.lookup_tokens
     return shape.speculator(base, drafters[0], args.allow_base_mismatch)
 
 
@@ -278,17 +289,18 @@ def run_compare(args: GenerationArguments, base, tokenizer, drafters: list, prom
 
 
 def method_shapes(args: GenerationArguments, base, tokenizer, drafter, plans: dict, name: str) -> list:
-    """(label, TreeShape) of every shape `drafter` is benchmarked with: --tree_shapes (label = the shape as
-    given), else the one shape of the arguments (label None). "auto" is planned here; its plan goes to `plans`."""
+    """(label, TreeShape) of every shape `drafter` is benchmarked with: --tree_shapes (label = WxL or WxL+K),
+    else the one shape of the arguments (label None). "auto" is planned here; its plan goes to `plans`."""
     if not args.tree_shapes:
         return [(None, resolve_tree_shape(args, base, tokenizer, drafter, plans, name))]
     out = []
     for text in args.tree_shapes:
-        shape = parse_tree_shape(text)
+        shape = parse_tree_shape(text, args.lookup_tokens)
         if shape is None:
-            shape = planned_tree_shape(base, tokenizer, drafter, plans, name)
-            text = f"auto ({shape.beam_width}x{shape.beam_length})"
-        out.append((text, shape))
+            shape = planned_tree_shape(base, tokenizer, drafter, plans, name, parse_lookup(text, args.lookup_tokens))
+            out.append((f"auto ({shape.label})", shape))
+        else:
+            out.append((shape.label, shape))
     return out
 
 
@@ -296,12 +308,12 @@ def resolve_tree_shape(args: GenerationArguments, base, tokenizer, drafter, plan
     """The shape of --beam_width/--beam_length/--top_k_tokens_per_head, or the planned one with --tree_budget."""
     if args.tree_budget != "auto":
         return tree_shape(args)
-    return planned_tree_shape(base, tokenizer, drafter, plans, name)
+    return planned_tree_shape(base, tokenizer, drafter, plans, name, args.lookup_tokens)
 
 
-def planned_tree_shape(base, tokenizer, drafter, plans: dict, name: str) -> TreeShape:
+def planned_tree_shape(base, tokenizer, drafter, plans: dict, name: str, lookup_tokens: int = 0) -> TreeShape:
     """`--tree_budget auto` / `--tree_shapes auto`: the planned shape; the plan is kept in `plans[name]`."""
-    shape, plan = auto_tree_shape(base, tokenizer, drafter)
+    shape, plan = auto_tree_shape(base, tokenizer, drafter, lookup_tokens=lookup_tokens)
     plans[name] = plan.to_dict()
     return shape
 

@@ -226,6 +226,28 @@ class BigramDrafter(FakeDrafter):
         return self.table[ids].view(*state.shape[:-1], -1)
 
 
+class ConstantDrafter(FakeDrafter):
+    """Drafts the same token at every step: with a token the base never emits, no draft is ever accepted, so
+    what a step gains comes from elsewhere (context lookup)."""
+
+    def __init__(self, vocab_size: int, token: int, num_steps: int = 4):
+        super().__init__()
+        logits = torch.zeros(vocab_size)
+        logits[token] = 20.0
+        self.register_buffer("logits", logits)
+        self.num_draft_steps = num_steps
+        self.eval()
+
+    def initial_state(self, context: torch.Tensor) -> torch.Tensor:
+        return context.new_zeros(*context.shape[:-1], 1)
+
+    def advance_state(self, state: torch.Tensor, token_embeds: torch.Tensor, step: int) -> torch.Tensor:
+        return state
+
+    def compute_logits(self, context: torch.Tensor, state: torch.Tensor, step: int) -> torch.Tensor:
+        return self.logits.expand(*state.shape[:-1], -1)
+
+
 def run_cli(args, stdin: str = "", timeout: int = 300) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run(

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Union
+from typing import Any, List, Optional, Sequence, Union
 
 import torch
 from transformers import PreTrainedModel
@@ -34,6 +34,8 @@ class DecodingState:
         rng: the random source; per-row streams (`RowGenerators`) follow their rows when rows leave.
         drafter_cache: a drafter's own cache over the verified context (EAGLE-3), in the slot layout of `cache`;
             `hidden` is then the drafter's output at the last verified position.
+        row_context: host-side objects a decoder keeps per row (e.g. each row's token history for context
+            lookup); they follow their rows.
     """
 
     cache: SlotKVCache
@@ -42,6 +44,7 @@ class DecodingState:
     rows: List[int]
     rng: Randomness = None
     drafter_cache: Optional[SlotKVCache] = None
+    row_context: Optional[List[Any]] = None
 
     def select(self, keep: Sequence[int]) -> None:
         """Keep only the rows at positions `keep`."""
@@ -52,6 +55,8 @@ class DecodingState:
         self.hidden = self.hidden[index]
         self.next_tokens = self.next_tokens[index]
         self.rows = [self.rows[i] for i in keep]
+        if self.row_context is not None:
+            self.row_context = [self.row_context[i] for i in keep]
         if isinstance(self.rng, RowGenerators):
             self.rng.select(keep)
 
@@ -63,6 +68,8 @@ class DecodingState:
         self.hidden = torch.cat([self.hidden, other.hidden])
         self.next_tokens = torch.cat([self.next_tokens, other.next_tokens])
         self.rows = self.rows + other.rows
+        if self.row_context is not None:
+            self.row_context = self.row_context + other.row_context
         if isinstance(self.rng, RowGenerators):
             self.rng.extend(other.rng)
 

@@ -26,6 +26,12 @@ class TreeShape:
     beam_length: Optional[int] = None
     top_k_tokens_per_head: Optional[Sequence[int]] = None
     n_candidates: Optional[int] = None
+    lookup_tokens: int = 0
+
+    @property
+    def label(self) -> str:
+        """WxL, or WxL+K with K context-lookup tokens (as `--tree_shapes` takes it)."""
+        return f"{self.beam_width}x{self.beam_length}" + (f"+{self.lookup_tokens}" if self.lookup_tokens else "")
 
     def speculator(
         self, base: PreTrainedModel, drafter: Any, allow_base_mismatch: bool = False
@@ -33,31 +39,57 @@ class TreeShape:
         return SpeculativeGenerator(
             base, drafter, beam_width=self.beam_width, beam_length=self.beam_length,
             top_k_tokens_per_head=self.top_k_tokens_per_head, n_candidates=self.n_candidates,
-            allow_base_mismatch=allow_base_mismatch,
+            allow_base_mismatch=allow_base_mismatch, lookup_tokens=self.lookup_tokens,
         )
 
 
-def parse_tree_shape(text: str) -> Optional[TreeShape]:
-    """"WxL" (beam width x beam length, e.g. 2x3) -> TreeShape; "auto" -> None (planned by `auto_tree_shape`)."""
-    if text == "auto":
+def parse_tree_shape(text: str, lookup_tokens: int = 0) -> Optional[TreeShape]:
+    """"WxL" (beam width x beam length, e.g. 2x3) -> TreeShape with `lookup_tokens`; "WxL+K" -> with K context-lookup
+    tokens (+0: none); "auto" / "auto+K" -> None (planned by `auto_tree_shape`; see `parse_lookup`)."""
+    shape, lookup = _split_lookup(text)
+    if shape == "auto":
         return None
-    width, sep, length = text.lower().partition("x")
+    width, sep, length = shape.lower().partition("x")
     if not (sep and width.isdigit() and length.isdigit()) or int(width) < 1 or int(length) < 2:
-        raise ValueError(f"tree shape {text!r}: expected WxL with W >= 1, L >= 2 (e.g. 2x3), or auto")
-    return TreeShape(beam_width=int(width), beam_length=int(length))
+        raise ValueError(f"tree shape {text!r}: expected WxL with W >= 1, L >= 2 (e.g. 2x3), WxL+K with K "
+                         "context-lookup tokens, or auto")
+    return TreeShape(beam_width=int(width), beam_length=int(length),
+                     lookup_tokens=lookup_tokens if lookup is None else lookup)
+
+
+def parse_lookup(text: str, lookup_tokens: int = 0) -> int:
+    """The context-lookup tokens a `--tree_shapes` entry asks for: its "+K", else `lookup_tokens`."""
+    lookup = _split_lookup(text)[1]
+    return lookup_tokens if lookup is None else lookup
+
+
+def _split_lookup(text: str) -> tuple[str, Optional[int]]:
+    shape, sep, lookup = text.partition("+")
+    if sep and not lookup.isdigit():
+        raise ValueError(f"tree shape {text!r}: after '+' comes the number of context-lookup tokens (e.g. 2x3+8)")
+    return shape, int(lookup) if sep else None
 
 
 def auto_tree_shape(
-    base: PreTrainedModel, tokenizer: Any, drafter: Any, max_width: int = 4, log: Callable[[str], None] = print
+    base: PreTrainedModel, tokenizer: Any, drafter: Any, max_width: int = 4, log: Callable[[str], None] = print,
+    lookup_tokens: int = 0,
 ) -> tuple[TreeShape, TreePlan]:
     """`--tree_budget auto`: the beam shape with the highest expected tokens/s for `drafter` on this machine,
-    calibrated on the project's calibration prompts (see `generation.tree_budget`); prints the choice and why."""
+    calibrated on the project's calibration prompts (see `generation.tree_budget`); prints the choice and why.
+    With `lookup_tokens` K, every shape is also scored with a context lookup of 2, 4, ... up to K tokens joined to
+    its beams (a longer lookup branch is accepted further but costs more nodes where it is wrong)."""
     chats = [{"messages": [{"role": "user", "content": text}]} for text in CALIBRATION_PROMPTS]
     prompts = encode_chat_prompts(tokenizer, chats)
     plan = plan_tree_shape(base, drafter, prompts, widths=range(1, max_width + 1),
-                           eos_token_id=tokenizer.eos_token_id, log=log)
+                           eos_token_id=tokenizer.eos_token_id, log=log, lookup_tokens=lookup_sizes(lookup_tokens))
     log(plan.explain())
-    return TreeShape(beam_width=plan.best.beam_width, beam_length=plan.best.beam_length), plan
+    best = plan.best
+    return TreeShape(beam_width=best.beam_width, beam_length=best.beam_length, lookup_tokens=best.lookup_tokens), plan
+
+
+def lookup_sizes(lookup_tokens: int) -> list[int]:
+    """The context-lookup sizes `auto_tree_shape` weighs for `lookup_tokens` K: none, and every even size up to K."""
+    return sorted({0, *range(2, lookup_tokens + 1, 2), lookup_tokens})
 
 
 def compare_drafters(

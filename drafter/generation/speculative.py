@@ -11,8 +11,8 @@ One step, for every running sequence at once:
    last accepted node's hidden state and the bonus token seed the next step.
 
 Everything a step needs stays on the device; the only host sync is reading back the accepted tokens at the end
-(plus, unless `static_tree_size=True`, the tree size and, in greedy verification, how many nodes lie above the
-leaves and whether a path was accepted to a leaf: the output layer runs only on the nodes whose logits are read).
+(plus, unless `static_tree_size=True`, the tree size and, in greedy verification, how many nodes have children
+and whether a path was accepted to a leaf: the output layer runs only on the nodes whose logits are read).
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from ..engine.kv_cache import prefill_mask
 from ..engine.result import PhaseTimer
 from ..engine.sampling import Randomness, RowGenerators, SamplingConfig, select_tokens, warped_probs
 from .drafting import beam_search, num_topk_candidates, topk_tree_candidates
+from .lookup import ContextLookup, join_candidates, lookup_candidates
 from .tree import build_tree
 from .verification import greedy_accept, sampling_accept
 
@@ -51,6 +52,10 @@ class SpeculativeGenerator(BatchedDecoder):
         n_candidates: with top_k_tokens_per_head, keep only the best this many candidates (default: all).
         allow_base_mismatch: accept a base whose weights differ from those the drafter recorded (same shapes);
             decoding stays lossless, only acceptance suffers.
+        lookup_tokens: K > 0 adds one more candidate to every step's tree: up to K tokens copied from the
+            sequence's own prompt and output after the last occurrence of its current suffix (see `lookup`);
+            0: the drafter's candidates only.
+        lookup_max_ngram / lookup_min_ngram: the suffix lengths the lookup tries, longest first.
     """
 
     def __init__(
@@ -63,6 +68,9 @@ class SpeculativeGenerator(BatchedDecoder):
         top_k_tokens_per_head: Optional[Sequence[int]] = None,
         n_candidates: Optional[int] = None,
         allow_base_mismatch: bool = False,
+        lookup_tokens: int = 0,
+        lookup_max_ngram: int = 3,
+        lookup_min_ngram: int = 1,
     ):
         super().__init__(base_model)
         drafter.check_base_model(base_model, allow_weight_mismatch=allow_base_mismatch)
@@ -95,7 +103,15 @@ class SpeculativeGenerator(BatchedDecoder):
         self.beam_width = beam_width
         self.beam_length = beam_length
         self.static_tree_size = static_tree_size
-        self.num_draft_steps = beam_length - 1
+        if lookup_tokens < 0:
+            raise ValueError(f"lookup_tokens must be >= 0, got {lookup_tokens}")
+        if lookup_tokens and static_tree_size:
+            raise ValueError("lookup_tokens changes the tree's shape every step; it cannot be combined with "
+                             "static_tree_size")
+        ContextLookup([], lookup_max_ngram, lookup_min_ngram)  # refuses bad n-gram sizes now, not at a first step
+        self.lookup_tokens = lookup_tokens
+        self.lookup_ngrams = (lookup_max_ngram, lookup_min_ngram)
+        self.num_draft_steps = max(beam_length - 1, lookup_tokens)
         params = list(drafter.parameters()) if hasattr(drafter, "parameters") else []
         self._drafter_dtype = params[0].dtype if params else None
         # Drafters with their own cache over the verified context (EAGLE-3) read several base layers at every
@@ -113,8 +129,16 @@ class SpeculativeGenerator(BatchedDecoder):
 
     @torch.inference_mode()
     def prefill(self, prompts: List[List[int]], sampling: SamplingConfig, rng: Randomness = None) -> DecodingState:
-        if not self.context_cache:
-            return super().prefill(prompts, sampling, rng)
+        state = self._prefill_with_context(prompts, sampling, rng) if self.context_cache else super().prefill(
+            prompts, sampling, rng)
+        if self.lookup_tokens:
+            state.row_context = [ContextLookup(prompt + [first], *self.lookup_ngrams)
+                                 for prompt, first in zip(prompts, state.next_tokens.tolist())]
+        return state
+
+    def _prefill_with_context(self, prompts: List[List[int]], sampling: SamplingConfig, rng: Randomness
+                              ) -> DecodingState:
+        """The prefill of drafters with their own context cache (EAGLE-3): it also starts that cache."""
         cache, hidden, states, input_ids = self.lm.prefill(prompts, self.context_layers)
         first = select_tokens(self.lm.logits(hidden), sampling, rng)
         following = torch.cat([input_ids[:, 1:], first[:, None]], dim=1)  # the token after each prompt slot
@@ -150,9 +174,13 @@ class SpeculativeGenerator(BatchedDecoder):
                 beams = beam_search(
                     drafter, lm.embed_tokens, context, state.next_tokens, self.beam_width, self.beam_length
                 ).beams
+            lengths = None
+            if self.lookup_tokens:
+                beams, lengths = join_candidates(beams, *lookup_candidates(state.row_context, self.lookup_tokens,
+                                                                           beams.device))
 
         with timer.phase("verification"):
-            tree = build_tree(beams, static_size=self.static_tree_size)
+            tree = build_tree(beams, static_size=self.static_tree_size, lengths=lengths)
             mask = cache.attention_mask(tree.ancestor_mask, lm.mask_dtype)
             positions = tree.position_ids(cache.context_lengths)
             hidden = lm.forward(tree.tokens, mask, positions, cache, self.context_layers)  # (B, N, H)
@@ -176,6 +204,9 @@ class SpeculativeGenerator(BatchedDecoder):
             state.next_tokens = accepted.bonus_tokens
             # path token 0 is the root, emitted by the previous step; then the accepted drafts and the bonus.
             new_tokens = [row[2 : 2 + n] + [row[-1]] for row, n in zip(packed, num_accepted)]
+            if self.lookup_tokens:
+                for lookup, tokens in zip(state.row_context, new_tokens):
+                    lookup.extend(tokens)
         if self.context_cache:
             with timer.phase("drafting"):
                 state.hidden = self._extend_context(state, accepted, layer_states[rows[:, None], accepted.path_nodes],
@@ -184,19 +215,23 @@ class SpeculativeGenerator(BatchedDecoder):
 
     def _greedy_verify(self, tree, hidden: torch.Tensor):
         """Greedy acceptance with the output layer (the costliest part of a wide tree's forward on a CPU) applied
-        only where it is read: the nodes above the leaves, and a leaf only when a path is accepted to its end
-        (for the bonus token; one more host sync). With `static_tree_size` (fixed shapes, no extra syncs) every
-        node's logits are computed."""
+        only where it is read: the nodes with children, and a leaf only when a path is accepted to it (for the
+        bonus token; one more host sync). With `static_tree_size` (fixed shapes, no extra syncs) every node's
+        logits are computed."""
         lm = self.lm
         if self.static_tree_size:
             return greedy_accept(tree, lm.logits(hidden).argmax(dim=-1))
-        leaf_depth = tree.beam_nodes.shape[-1] - 1
-        # Nodes are numbered breadth-first, so each row's nodes above the leaves come first.
-        above = int(((tree.depths < leaf_depth) & tree.valid).sum(dim=-1).max())
+        num_children = torch.zeros_like(tree.parents).scatter_add_(
+            1, tree.parents.clamp(min=0), (tree.parents >= 0).long())
+        has_children = num_children > 0  # (B, N)
+        # Nodes with children first, in tree order (for full beams: the nodes above the leaves, already first).
+        order = torch.argsort((~has_children).to(torch.int8), dim=1, stable=True)
+        inner = order[:, : int(has_children.sum(dim=-1).max())]  # (B, M)
+        rows = torch.arange(hidden.shape[0], device=hidden.device)[:, None]
         target = torch.full_like(tree.tokens, -1)
-        target[:, :above] = lm.logits(hidden[:, :above]).argmax(dim=-1)
+        target[rows, inner] = lm.logits(hidden[rows, inner]).argmax(dim=-1)
         accepted = greedy_accept(tree, target)
-        to_leaf = (accepted.num_accepted == leaf_depth).nonzero().squeeze(1)
+        to_leaf = (~has_children.gather(1, accepted.last_nodes[:, None]).squeeze(1)).nonzero().squeeze(1)
         if to_leaf.numel():
             leaves = hidden[to_leaf, accepted.last_nodes[to_leaf]]  # (R, H)
             accepted.bonus_tokens[to_leaf] = lm.logits(leaves).argmax(dim=-1)

@@ -30,6 +30,7 @@ from ..engine.result import PhaseTimer
 from ..engine.sampling import SamplingConfig
 from ..store import cache_root, fingerprint, fingerprint_bytes, write_json
 from .drafting import beam_search
+from .lookup import ContextLookup, join_candidates, lookup_candidates
 from .speculative import SpeculativeGenerator
 from .tree import build_tree
 
@@ -154,6 +155,12 @@ class ShapeEstimate:
     tree_nodes: float  # mean verified nodes per step
     draft_ms: float
     verify_ms: float
+    lookup_tokens: int = 0  # context-lookup tokens joined to the beams (`SpeculativeGenerator.lookup_tokens`)
+
+    @property
+    def label(self) -> str:
+        """The shape as `--tree_shapes` writes it: WxL, or WxL+K with K lookup tokens."""
+        return f"{self.beam_width}x{self.beam_length}" + (f"+{self.lookup_tokens}" if self.lookup_tokens else "")
 
     @property
     def step_ms(self) -> float:
@@ -175,14 +182,15 @@ class TreePlan:
     def explain(self, top: int = 5) -> str:
         """The chosen shape and why, with the runners-up."""
         b = self.best
-        lines = [f"tree_budget auto: --beam_width {b.beam_width} --beam_length {b.beam_length}: "
+        lookup = f" --lookup_tokens {b.lookup_tokens}" if b.lookup_tokens else ""
+        lines = [f"tree_budget auto: --beam_width {b.beam_width} --beam_length {b.beam_length}{lookup}: "
                  f"{b.tokens_per_step:.2f} tokens/step for {b.tree_nodes:.1f} nodes (draft {b.draft_ms:.1f} ms + "
                  f"verify {b.verify_ms:.1f} ms vs a {self.plain_step_ms:.1f} ms plain step) -> expected "
                  f"{b.speedup(self.plain_step_ms):.2f}x plain decoding ({self.calibration_steps} calibration steps"
                  f"{', cached' if self.cached else ''})"]
         ranked = sorted(self.candidates, key=lambda c: -c.speedup(self.plain_step_ms))
         for c in ranked[1:top]:
-            lines.append(f"  runner-up W{c.beam_width} L{c.beam_length}: {c.tokens_per_step:.2f} tokens/step, "
+            lines.append(f"  runner-up {c.label}: {c.tokens_per_step:.2f} tokens/step, "
                          f"{c.tree_nodes:.1f} nodes, {c.step_ms:.1f} ms/step -> {c.speedup(self.plain_step_ms):.2f}x")
         return "\n".join(lines)
 
@@ -216,13 +224,14 @@ class _RecordingSpeculator(SpeculativeGenerator):
         return out
 
 
-def _accepted_drafts(beams: torch.Tensor, continuation: Sequence[int]) -> int:
-    """Drafted tokens greedy verification accepts: the longest beam prefix (after the init token) that matches
-    the base model's continuation."""
+def _accepted_drafts(beams: torch.Tensor, lengths: Optional[torch.Tensor], continuation: Sequence[int]) -> int:
+    """Drafted tokens greedy verification accepts: the longest beam prefix (after the init token, within the
+    beam's length) that matches the base model's continuation. beams (1, W, L); lengths (1, W) or None."""
     best = 0
-    for beam in beams[0, :, 1:].tolist():
+    ends = lengths[0].tolist() if lengths is not None else [beams.shape[-1]] * beams.shape[1]
+    for beam, end in zip(beams[0].tolist(), ends):
         matched = 0
-        for drafted, actual in zip(beam, continuation):
+        for drafted, actual in zip(beam[1:end], continuation):
             if drafted != actual:
                 break
             matched += 1
@@ -242,11 +251,13 @@ def plan_tree_shape(
     log: Callable[[str], None] = print,
     cost_curve: Optional[Dict[int, float]] = None,
     cache: bool = True,
+    lookup_tokens: Sequence[int] = (0,),
 ) -> TreePlan:
     """Choose the beam shape with the highest expected tokens/s for `drafter` on this machine.
 
     prompts: calibration prompts (token ids), decoded greedily at the widest, longest shape; lengths default to
-    2 .. the drafter's draft steps + 1. cost_curve: ms per forward by node count (default: this machine's,
+    2 .. the drafter's draft steps + 1. lookup_tokens: the context-lookup sizes tried with every beam shape (0 =
+    none; see `lookup`). cost_curve: ms per forward by node count (default: this machine's,
     `forward_cost_curve`). The plan is cached per base model, machine, drafter weights and calibration (unless
     `cache` is False or a `cost_curve` is given).
     """
@@ -256,11 +267,12 @@ def plan_tree_shape(
     if cache and cost_curve is None:
         key = {"model": BaseLM(base).fingerprint(), "machine": machine_key(base), "drafter": _weights(drafter),
                "prompts": fingerprint([list(p) for p in prompts]), "widths": widths, "lengths": lengths,
-               "max_new_tokens": max_new_tokens, "eos": eos_token_id}
+               "max_new_tokens": max_new_tokens, "eos": eos_token_id, "lookup_tokens": list(lookup_tokens)}
         path = cache_root() / "tree_budget" / f"plan-{fingerprint(key)}.json"
         if path.is_file():
             return TreePlan.from_dict(json.loads(path.read_text()))
-    plan = _plan(base, drafter, prompts, widths, lengths, max_new_tokens, eos_token_id, log, cost_curve)
+    plan = _plan(base, drafter, prompts, widths, lengths, list(lookup_tokens), max_new_tokens, eos_token_id, log,
+                 cost_curve)
     if path is not None:
         write_json(path, plan.to_dict())
     return plan
@@ -274,18 +286,20 @@ def _weights(drafter: Any) -> str:
 
 
 def _plan(base: PreTrainedModel, drafter: Any, prompts: Sequence[Sequence[int]], widths: List[int],
-          lengths: List[int], max_new_tokens: int, eos_token_id: Any, log: Callable[[str], None],
-          cost_curve: Optional[Dict[int, float]]) -> TreePlan:
+          lengths: List[int], lookup_sizes: List[int], max_new_tokens: int, eos_token_id: Any,
+          log: Callable[[str], None], cost_curve: Optional[Dict[int, float]]) -> TreePlan:
     """The calibration decode and the scoring of every shape (see `plan_tree_shape`)."""
     recorder = _RecordingSpeculator(base, drafter, beam_width=max(widths), beam_length=max(lengths))
-    steps = []  # (drafter or its view, context, init token, the base model's next tokens after the init token)
+    horizon = max(max(lengths) - 1, *lookup_sizes)  # continuation tokens a candidate can be scored on
+    steps = []  # (drafter or its view, context, init token, the base model's next tokens after the init token,
+    #             the sequence's context lookup at that step)
     for prompt in prompts:
         recorder.records, recorder.emitted = [], 1
         output = recorder.generate([list(prompt)], max_new_tokens=max_new_tokens,
                                    eos_token_id=eos_token_id).sequences[0]
-        steps += [(drafting, context, init, output[emitted:emitted + max(lengths) - 1])
-                  for drafting, context, init, emitted in recorder.records
-                  if emitted + max(lengths) - 1 <= len(output)]
+        steps += [(drafting, context, init, output[emitted:emitted + horizon],
+                   ContextLookup(list(prompt) + output[:emitted]))
+                  for drafting, context, init, emitted in recorder.records if emitted + horizon <= len(output)]
     if not steps:
         raise ValueError("tree_budget: the calibration prompts produced no complete drafting step; give longer "
                          "prompts or more new tokens")
@@ -293,14 +307,21 @@ def _plan(base: PreTrainedModel, drafter: Any, prompts: Sequence[Sequence[int]],
     stats = {}
     for width in widths:
         for length in lengths:
-            accepted, nodes, seconds = 0, 0, 0.0
-            for drafting, context, init, continuation in steps:
+            totals = {k: [0, 0] for k in lookup_sizes}  # lookup size -> accepted drafts, tree nodes
+            seconds = 0.0
+            for drafting, context, init, continuation, lookup in steps:
                 start = time.perf_counter()
                 beams = beam_search(drafting, embed, context, init, width, length).beams
                 seconds += time.perf_counter() - start
-                accepted += _accepted_drafts(beams, continuation)
-                nodes += build_tree(beams).size
-            stats[width, length] = (1 + accepted / len(steps), nodes / len(steps), 1000 * seconds / len(steps))
+                for k, total in totals.items():
+                    candidates, candidate_lengths = beams, None
+                    if k:
+                        candidates, candidate_lengths = join_candidates(
+                            beams, *lookup_candidates([lookup], k, beams.device))
+                    total[0] += _accepted_drafts(candidates, candidate_lengths, continuation)
+                    total[1] += build_tree(candidates, lengths=candidate_lengths).size
+            for k, (accepted, nodes) in totals.items():
+                stats[width, length, k] = (1 + accepted / len(steps), nodes / len(steps), 1000 * seconds / len(steps))
     most_nodes = max(int(nodes) + 1 for _, nodes, _ in stats.values())
     curve = cost_curve if cost_curve is not None else forward_cost_curve(base, most_nodes, log=log)
     if max(curve) < most_nodes - 1 or 1 not in curve:
@@ -311,7 +332,7 @@ def _plan(base: PreTrainedModel, drafter: Any, prompts: Sequence[Sequence[int]],
         high = min(low + 1, max(curve))
         return curve[low] + (nodes - low) * (curve[high] - curve[low])
 
-    candidates = [ShapeEstimate(w, n_len, tokens, nodes, draft, verify_ms(nodes))
-                  for (w, n_len), (tokens, nodes, draft) in stats.items()]
+    candidates = [ShapeEstimate(w, n_len, tokens, nodes, draft, verify_ms(nodes), k)
+                  for (w, n_len, k), (tokens, nodes, draft) in stats.items()]
     best = max(candidates, key=lambda c: c.speedup(curve[1]))
     return TreePlan(best=best, plain_step_ms=curve[1], candidates=candidates, calibration_steps=len(steps))

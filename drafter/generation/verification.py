@@ -53,9 +53,9 @@ def greedy_accept(tree: TokenTree, target: torch.Tensor) -> AcceptanceResult:
 
     Args:
         tree: packed candidates (B, N nodes; beam_nodes (B, W, L)).
-        target: (B, N) the base model's greedy next token after each node (its logits' argmax). Only the nodes
-            above the leaves are compared with their children; a leaf's entry is read only as the bonus token of
-            a path that ends there (so a caller may fill leaves afterwards, see `SpeculativeGenerator`).
+        target: (B, N) the base model's greedy next token after each node (its logits' argmax). Only nodes with
+            children are compared with their children; a leaf's entry is read only as the bonus token of a path
+            that ends there (so a caller may fill leaves afterwards, see `SpeculativeGenerator`).
     """
     beam_nodes = tree.beam_nodes
     batch, width, length = beam_nodes.shape
@@ -64,7 +64,8 @@ def greedy_accept(tree: TokenTree, target: torch.Tensor) -> AcceptanceResult:
     beam_targets = target.gather(1, flat).view(batch, width, length)
     # Walking down beam w, drafted token d is accepted iff it equals the target of its parent (position d-1)
     # and every earlier one was accepted. Children are unique, so the longest match is the tree walk.
-    matches = (beam_tokens[:, :, 1:] == beam_targets[:, :, :-1]).long().cumprod(dim=-1)
+    within = torch.arange(1, length, device=flat.device)[None, None, :] < tree.beam_lengths[:, :, None]
+    matches = ((beam_tokens[:, :, 1:] == beam_targets[:, :, :-1]) & within).long().cumprod(dim=-1)
     accepted_per_beam = matches.sum(dim=-1)  # (B, W)
     num_accepted, best = accepted_per_beam.max(dim=-1)
     path_nodes = beam_nodes.gather(1, best[:, None, None].expand(batch, 1, length)).squeeze(1)

@@ -176,9 +176,8 @@ class Eagle3Drafter(DrafterPreTrainedModel):
         hidden_in = self.fc(context)
         q, k, v = self.midlayer.project(token_embeds, hidden_in, positions)
         allowed = cache.attention_mask(query_mask, torch.bool)[:, 0]  # (B, Q, S + Q)
-        cache.cache.update(k.transpose(1, 2), v.transpose(1, 2), 0)
-        layer = cache.cache.layers[0]
-        out = attend(q, layer.keys.transpose(1, 2), layer.values.transpose(1, 2), allowed)
+        keys, values = cache.cache.update(k.transpose(1, 2), v.transpose(1, 2), 0)  # (B, heads, S + Q, D)
+        out = attend(q, keys.transpose(1, 2), values.transpose(1, 2), allowed)
         return self.midlayer.finish(out, hidden_in)
 
     def start_context(

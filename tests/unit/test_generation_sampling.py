@@ -72,12 +72,21 @@ def emitted(result, b: int) -> Tuple[int, ...]:
     return tuple(result.path_tokens[b, 1 : a + 1].tolist()) + (int(result.bonus_tokens[b]),)
 
 
+def random_lengths(batch: int, width: int, length: int, seed: int) -> torch.Tensor:
+    """(B, W) beam lengths 1..L (ragged candidate sets, as context lookup makes), beam 0 kept full."""
+    lengths = torch.randint(1, length + 1, (batch, width), generator=torch.Generator().manual_seed(seed))
+    lengths[:, 0] = length
+    return lengths
+
+
+@pytest.mark.parametrize("ragged", [False, True])
 @pytest.mark.parametrize("seed", range(4))
-def test_rejection_sampling_is_exact_on_random_trees(seed: int):
+def test_rejection_sampling_is_exact_on_random_trees(seed: int, ragged: bool):
     vocab, width, length, copies = 5, 3, 4, 20000
     beams = random_beams(1, width, length, vocab, seed)
     g = torch.Generator().manual_seed(seed)
-    tree = build_tree(beams.expand(copies, -1, -1))
+    lengths = random_lengths(1, width, length, seed).expand(copies, -1) if ragged else None
+    tree = build_tree(beams.expand(copies, -1, -1), lengths=lengths)
     # Peaked-ish random distributions with some exact zeros (as top-k / top-p produce).
     logits = torch.randn(1, tree.size, vocab, generator=g)
     # Drafted children are likely (as with a decent drafter), so second and third children get tried too.
@@ -95,11 +104,12 @@ def test_rejection_sampling_is_exact_on_random_trees(seed: int):
     assert int(result.num_accepted.max()) >= 2
 
 
+@pytest.mark.parametrize("ragged", [False, True])
 @pytest.mark.parametrize("seed", range(6))
-def test_greedy_acceptance_walks_the_tree(seed: int):
+def test_greedy_acceptance_walks_the_tree(seed: int, ragged: bool):
     vocab, width, length, batch = 4, 4, 5, 3
     beams = random_beams(batch, width, length, vocab, seed)
-    tree = build_tree(beams)
+    tree = build_tree(beams, lengths=random_lengths(batch, width, length, seed) if ragged else None)
     logits = torch.randn(batch, tree.size, vocab, generator=torch.Generator().manual_seed(seed))
     result = greedy_accept(tree, logits.argmax(dim=-1))
     for b in range(batch):
