@@ -164,8 +164,11 @@ def test_drafter_plus_lookup_matches_transformers_greedy(seed: int):
     eos = hf_greedy(base, prompts[0], max_new)[max_new // 2] if seed % 2 else None
     expected = [hf_greedy(base, p, max_new, eos_token_id=eos) for p in prompts]
     drafter = make_tiny_eagle3(base, seed=seed) if seed % 4 == 3 else make_tiny_redrafter(base, seed=seed)
+    # A quarter of the cases draft the per-head top-k tree of MLP / Arctic speculators instead of beam search.
+    top_k = [rng.randint(1, 3) for _ in range(rng.randint(1, 3))] if seed % 4 == 1 else None
     spec = SpeculativeGenerator(base, drafter, beam_width=rng.randint(1, 3), beam_length=rng.randint(2, 4),
-                                lookup_tokens=rng.randint(1, 8), lookup_max_ngram=rng.randint(1, 3))
+                                top_k_tokens_per_head=top_k, lookup_tokens=rng.randint(1, 8),
+                                lookup_max_ngram=rng.randint(1, 3))
     result = spec.generate(prompts, max_new_tokens=max_new, eos_token_id=eos,
                            max_batch_size=2 if seed % 3 == 0 else None)
     assert result.sequences == expected
