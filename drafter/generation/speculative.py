@@ -3,7 +3,8 @@
 One step, for every running sequence at once:
 
 1. drafting: beam search over the drafter from the last verified hidden state and the next token (or, with
-   `top_k_tokens_per_head`, the per-head top-k candidate tree of MLP / Arctic speculators);
+   `top_k_tokens_per_head`, the per-head top-k candidate tree of MLP / Arctic speculators); with `lookup_tokens`,
+   one more candidate copied from the sequence's own tokens (`lookup`);
 2. verification: the unique beam prefixes form a token tree; ONE decoder pass scores all tree nodes on top of
    the KV cache (4-D mask: the sequence's cached tokens plus the node's own ancestors; positions = tokens so
    far + depth); the base model's choices then accept a path (greedy or rejection sampling) and a bonus token;
