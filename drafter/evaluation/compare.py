@@ -13,7 +13,7 @@ from transformers import PreTrainedModel
 from ..data.calibration import CALIBRATION_PROMPTS
 from ..engine.prompts import encode_chat_prompts
 from ..generation import SpeculativeGenerator
-from ..generation.tree_budget import TreePlan, plan_tree_shape
+from ..generation.tree_budget import TreePlan, plan_tree_shape, shape_label
 from .answers import AnswerLog
 from .benchmark import BenchmarkConfig, PromptRun, SpeedBenchmark
 
@@ -30,8 +30,7 @@ class TreeShape:
 
     @property
     def label(self) -> str:
-        """WxL, or WxL+K with K context-lookup tokens (as `--tree_shapes` takes it)."""
-        return f"{self.beam_width}x{self.beam_length}" + (f"+{self.lookup_tokens}" if self.lookup_tokens else "")
+        return shape_label(self.beam_width, self.beam_length, self.lookup_tokens)
 
     def speculator(
         self, base: PreTrainedModel, drafter: Any, allow_base_mismatch: bool = False

@@ -145,6 +145,11 @@ def nondecreasing(values: Sequence[float]) -> List[float]:
     return [mean for mean, count in blocks for _ in range(int(count))]
 
 
+def shape_label(beam_width: int, beam_length: Optional[int], lookup_tokens: int = 0) -> str:
+    """A tree shape as `--tree_shapes` writes it: WxL, or WxL+K with K context-lookup tokens."""
+    return f"{beam_width}x{beam_length}" + (f"+{lookup_tokens}" if lookup_tokens else "")
+
+
 @dataclass
 class ShapeEstimate:
     """One candidate shape, scored on the calibration positions."""
@@ -159,8 +164,7 @@ class ShapeEstimate:
 
     @property
     def label(self) -> str:
-        """The shape as `--tree_shapes` writes it: WxL, or WxL+K with K lookup tokens."""
-        return f"{self.beam_width}x{self.beam_length}" + (f"+{self.lookup_tokens}" if self.lookup_tokens else "")
+        return shape_label(self.beam_width, self.beam_length, self.lookup_tokens)
 
     @property
     def step_ms(self) -> float:
@@ -292,14 +296,16 @@ def _plan(base: PreTrainedModel, drafter: Any, prompts: Sequence[Sequence[int]],
     recorder = _RecordingSpeculator(base, drafter, beam_width=max(widths), beam_length=max(lengths))
     horizon = max(max(lengths) - 1, *lookup_sizes)  # continuation tokens a candidate can be scored on
     steps = []  # (drafter or its view, context, init token, the base model's next tokens after the init token,
-    #             the sequence's context lookup at that step)
+    #             {lookup size: that step's lookup branch (tokens, lengths)})
     for prompt in prompts:
         recorder.records, recorder.emitted = [], 1
         output = recorder.generate([list(prompt)], max_new_tokens=max_new_tokens,
                                    eos_token_id=eos_token_id).sequences[0]
-        steps += [(drafting, context, init, output[emitted:emitted + horizon],
-                   ContextLookup(list(prompt) + output[:emitted]))
-                  for drafting, context, init, emitted in recorder.records if emitted + horizon <= len(output)]
+        for drafting, context, init, emitted in recorder.records:
+            if emitted + horizon <= len(output):
+                lookup = ContextLookup(list(prompt) + output[:emitted])
+                branches = {k: lookup_candidates([lookup], k, init.device) for k in lookup_sizes if k}
+                steps.append((drafting, context, init, output[emitted:emitted + horizon], branches))
     if not steps:
         raise ValueError("tree_budget: the calibration prompts produced no complete drafting step; give longer "
                          "prompts or more new tokens")
@@ -309,15 +315,14 @@ def _plan(base: PreTrainedModel, drafter: Any, prompts: Sequence[Sequence[int]],
         for length in lengths:
             totals = {k: [0, 0] for k in lookup_sizes}  # lookup size -> accepted drafts, tree nodes
             seconds = 0.0
-            for drafting, context, init, continuation, lookup in steps:
+            for drafting, context, init, continuation, branches in steps:
                 start = time.perf_counter()
                 beams = beam_search(drafting, embed, context, init, width, length).beams
                 seconds += time.perf_counter() - start
                 for k, total in totals.items():
                     candidates, candidate_lengths = beams, None
                     if k:
-                        candidates, candidate_lengths = join_candidates(
-                            beams, *lookup_candidates([lookup], k, beams.device))
+                        candidates, candidate_lengths = join_candidates(beams, *branches[k])
                     total[0] += _accepted_drafts(candidates, candidate_lengths, continuation)
                     total[1] += build_tree(candidates, lengths=candidate_lengths).size
             for k, (accepted, nodes) in totals.items():

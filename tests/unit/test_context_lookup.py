@@ -65,45 +65,17 @@ def test_ragged_tree_matches_brute_force_of_the_truncated_beams(seed: int):
     beams = random_beams(batch, width, length, vocab=3, seed=seed)
     lengths = torch.randint(1, length + 1, (batch, width), generator=g)
     tree = build_tree(beams, lengths=lengths)
-    for b in range(batch):
-        # The same tree as brute force over each beam cut to its length.
-        cut = [beams[b, w, : int(lengths[b, w])].tolist() for w in range(width)]
-        ref = brute_force_tree_of_lists(cut)
+    for b, ref in enumerate(brute_force_tree(beams, lengths)):  # the same tree as each beam cut to its length
         n = len(ref["tokens"])
         assert int(tree.num_nodes[b]) == n
         assert tree.tokens[b, :n].tolist() == ref["tokens"]
         assert tree.depths[b, :n].tolist() == ref["depths"]
         assert tree.parents[b, :n].tolist() == ref["parents"]
         assert tree.ancestor_mask[b, :n, :n].tolist() == ref["mask"]
-        for w, beam in enumerate(cut):
+        for w, own in enumerate(ref["beam_nodes"]):
             nodes = tree.beam_nodes[b, w].tolist()
-            assert nodes[: len(beam)] == ref["beam_nodes"][w]
-            assert nodes[len(beam) :] == [nodes[len(beam) - 1]] * (length - len(beam))  # past the end: the last
-
-
-def brute_force_tree_of_lists(beams):
-    """`brute_force_tree` for beams of different lengths: the node order is the same (depth, then beam)."""
-    prefixes = []
-    for d in range(max(len(beam) for beam in beams)):
-        for beam in beams:
-            if d < len(beam) and tuple(beam[: d + 1]) not in prefixes:
-                prefixes.append(tuple(beam[: d + 1]))
-    index = {p: i for i, p in enumerate(prefixes)}
-    return dict(
-        tokens=[p[-1] for p in prefixes],
-        depths=[len(p) - 1 for p in prefixes],
-        parents=[index[p[:-1]] if len(p) > 1 else -1 for p in prefixes],
-        mask=[[prefixes[i][: len(q)] == q for q in prefixes] for i in range(len(prefixes))],
-        beam_nodes=[[index[tuple(beam[: d + 1])] for d in range(len(beam))] for beam in beams],
-    )
-
-
-def test_brute_force_of_lists_agrees_with_the_full_beam_reference():
-    beams = random_beams(2, 3, 4, vocab=3, seed=5)
-    for b in range(2):
-        ref = brute_force_tree(beams[b : b + 1])[0]
-        assert brute_force_tree_of_lists(beams[b].tolist()) == {k: ref[k] for k in ("tokens", "depths", "parents",
-                                                                                     "mask", "beam_nodes")}
+            assert nodes[: len(own)] == own
+            assert nodes[len(own) :] == [own[-1]] * (length - len(own))  # past the end: the last node
 
 
 def test_greedy_acceptance_stops_at_a_beams_end():

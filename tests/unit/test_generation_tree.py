@@ -25,22 +25,23 @@ def random_beams(batch: int, width: int, length: int, vocab: int, seed: int) -> 
     return beams
 
 
-def brute_force_tree(beams: torch.Tensor):
-    """Per sequence: node list (prefix tuples) in breadth-first / first-beam order, and the derived tables."""
+def brute_force_tree(beams: torch.Tensor, lengths: torch.Tensor | None = None):
+    """Per sequence: node list (prefix tuples) in breadth-first / first-beam order, and the derived tables; with
+    `lengths` (B, W), each beam cut to its length first (beam_nodes then lists only its own positions)."""
     out = []
-    for seq in beams.tolist():
-        width, length = len(seq), len(seq[0])
+    for b, full in enumerate(beams.tolist()):
+        seq = full if lengths is None else [beam[:n] for beam, n in zip(full, lengths[b].tolist())]
         prefixes = []
-        for d in range(length):
-            for w in range(width):
-                prefix = tuple(seq[w][: d + 1])
-                if prefix not in prefixes:
+        for d in range(max(len(beam) for beam in seq)):
+            for beam in seq:
+                prefix = tuple(beam[: d + 1])
+                if d < len(beam) and prefix not in prefixes:
                     prefixes.append(prefix)
         index = {p: i for i, p in enumerate(prefixes)}
         n = len(prefixes)
         mask = [[prefixes[j] == prefixes[i][: len(prefixes[j])] for j in range(n)] for i in range(n)]
         parents = [index[p[:-1]] if len(p) > 1 else -1 for p in prefixes]
-        beam_nodes = [[index[tuple(seq[w][: d + 1])] for d in range(length)] for w in range(width)]
+        beam_nodes = [[index[tuple(beam[: d + 1])] for d in range(len(beam))] for beam in seq]
         out.append(
             dict(
                 tokens=[p[-1] for p in prefixes],
