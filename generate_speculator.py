@@ -8,6 +8,9 @@
     python generate_speculator.py --speculator_path outputs/a outputs/b --eval_mt_bench --compare  # 2 drafters
     python generate_speculator.py --speculator_path outputs/arctic --top_k_tokens_per_head 4 3 2 --prompt "Hi"
     python generate_speculator.py --base_model embedded:SmolLM2-135M-Instruct-Q4_1 --autoregressive --interactive
+
+Unless --beam_width, --beam_length or --top_k_tokens_per_head fixes it, the drafting shape is the one planned for
+this machine and drafter (--tree_budget auto; measured once, then cached).
 """
 
 from __future__ import annotations
@@ -71,9 +74,15 @@ class GenerationArguments:
     autoregressive: bool = field(default=False, metadata={"help": "Plain decoding through the same harness."})
     output_file: Optional[str] = field(default=None, metadata={"help": "JSON with every answer and metric."})
     chart_file: Optional[str] = field(default=None, metadata={"help": "PNG chart (--compare); default beside JSON."})
-    beam_width: int = field(default=4, metadata={"help": "Beams drafted per step."})
+    beam_width: Optional[int] = field(
+        default=None,
+        metadata={"help": "Beams drafted per step (default: the planned shape, see --tree_budget; "
+                  f"{TreeShape.beam_width} with --beam_length)."},
+    )
     beam_length: Optional[int] = field(
-        default=None, metadata={"help": "Tokens per beam incl. the base model's own (default: drafter steps + 1)."}
+        default=None,
+        metadata={"help": "Tokens per beam incl. the base model's own (default: the planned shape, see "
+                  "--tree_budget; drafter steps + 1 with --beam_width)."},
     )
     top_k_tokens_per_head: Optional[list[int]] = field(
         default=None,
@@ -85,9 +94,10 @@ class GenerationArguments:
     )
     tree_budget: Optional[str] = field(
         default=None,
-        metadata={"help": "auto: pick the beam width/length with the highest expected tokens/s on this machine "
-                  "(measures the verification cost once per model and machine, and the drafter's acceptance on "
-                  "calibration prompts; prints the shape and why). Beam search drafting only."},
+        metadata={"help": "auto (what is done when no --beam_width, --beam_length or --top_k_tokens_per_head is "
+                  "given): pick the beam width/length (and lookup size) with the highest expected tokens/s on this "
+                  "machine (measures the verification cost once per model and machine, and the drafter's acceptance "
+                  "on calibration prompts, both cached; prints the shape and why). Beam search drafting only."},
     )
     lookup_tokens: int = field(
         default=8,
@@ -130,7 +140,7 @@ class GenerationArguments:
         checks = [
             ("max_generation_length", self.max_generation_length, lambda v: v is None or v >= 1, ">= 1"),
             ("batch_size", self.batch_size, lambda v: v >= 1, ">= 1"),
-            ("beam_width", self.beam_width, lambda v: v >= 1, ">= 1"),
+            ("beam_width", self.beam_width, lambda v: v is None or v >= 1, ">= 1"),
             ("beam_length", self.beam_length, lambda v: v is None or v >= 2, ">= 2 (the base token + 1 draft)"),
             ("temperature", self.temperature, lambda v: v >= 0, ">= 0 (0 = greedy)"),
             ("top_k", self.top_k, lambda v: v is None or v >= 1, ">= 1"),
@@ -178,9 +188,14 @@ def load_models(args: GenerationArguments, device: torch.device) -> tuple[PreTra
     return base, tokenizer, drafters
 
 
+def shape_given(args: GenerationArguments) -> bool:
+    """Whether the arguments fix the drafting shape; else it is planned (`--tree_budget auto`)."""
+    return args.beam_width is not None or args.beam_length is not None or args.top_k_tokens_per_head is not None
+
+
 def tree_shape(args: GenerationArguments) -> TreeShape:
     return TreeShape(
-        beam_width=args.beam_width, beam_length=args.beam_length,
+        beam_width=args.beam_width or TreeShape.beam_width, beam_length=args.beam_length,
         top_k_tokens_per_head=args.top_k_tokens_per_head, n_candidates=args.n_candidates,
         lookup_tokens=args.lookup_tokens,
     )
@@ -305,8 +320,8 @@ def method_shapes(args: GenerationArguments, base, tokenizer, drafter, plans: di
 
 
 def resolve_tree_shape(args: GenerationArguments, base, tokenizer, drafter, plans: dict, name: str) -> TreeShape:
-    """The shape of --beam_width/--beam_length/--top_k_tokens_per_head, or the planned one with --tree_budget."""
-    if args.tree_budget != "auto":
+    """The shape of --beam_width/--beam_length/--top_k_tokens_per_head, else the planned one (--tree_budget)."""
+    if shape_given(args):
         return tree_shape(args)
     return planned_tree_shape(base, tokenizer, drafter, plans, name, args.lookup_tokens)
 
@@ -332,9 +347,9 @@ def check_modes(args: GenerationArguments) -> None:
         if args.base_model not in (None, EMBEDDED_BASE_MODEL) or not DEFAULT_DRAFTER.is_dir():
             raise UsageError("--speculator_path is required (or pass --autoregressive for plain decoding)")
         args.speculator_path = [str(DEFAULT_DRAFTER)]  # the shipped drafter of the embedded model
-    if args.tree_budget and (args.top_k_tokens_per_head or args.tree_shapes):
-        raise UsageError("--tree_budget auto plans a beam shape; drop --top_k_tokens_per_head / --tree_shapes "
-                         "(or list auto among --tree_shapes)")
+    if args.tree_budget and (shape_given(args) or args.tree_shapes):
+        raise UsageError("--tree_budget auto plans the beam shape; drop --beam_width / --beam_length / "
+                         "--top_k_tokens_per_head / --tree_shapes (or list auto among --tree_shapes)")
     if args.tree_shapes and not args.compare:
         raise UsageError("--tree_shapes is for --eval_mt_bench --compare; use --tree_budget auto or "
                          "--beam_width/--beam_length otherwise")

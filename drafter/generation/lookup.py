@@ -18,6 +18,12 @@ from typing import Dict, List, Sequence, Tuple
 import torch
 
 
+def check_ngram_sizes(max_ngram: int, min_ngram: int) -> None:
+    """Refuses suffix lengths the lookup cannot try."""
+    if not 1 <= min_ngram <= max_ngram:
+        raise ValueError(f"need 1 <= min_ngram <= max_ngram, got {min_ngram} and {max_ngram}")
+
+
 class ContextLookup:
     """The token history of one sequence (prompt + everything emitted) and its n-gram index.
 
@@ -27,8 +33,7 @@ class ContextLookup:
     """
 
     def __init__(self, tokens: Sequence[int], max_ngram: int = 3, min_ngram: int = 1):
-        if not 1 <= min_ngram <= max_ngram:
-            raise ValueError(f"need 1 <= min_ngram <= max_ngram, got {min_ngram} and {max_ngram}")
+        check_ngram_sizes(max_ngram, min_ngram)
         self.max_ngram = max_ngram
         self.min_ngram = min_ngram
         self.tokens: List[int] = []

@@ -30,7 +30,7 @@ from ..engine.kv_cache import prefill_mask
 from ..engine.result import PhaseTimer
 from ..engine.sampling import Randomness, RowGenerators, SamplingConfig, select_tokens, warped_probs
 from .drafting import beam_search, num_topk_candidates, topk_tree_candidates
-from .lookup import ContextLookup, join_candidates, lookup_candidates
+from .lookup import ContextLookup, check_ngram_sizes, join_candidates, lookup_candidates
 from .tree import build_tree
 from .verification import greedy_accept, sampling_accept
 
@@ -109,7 +109,7 @@ class SpeculativeGenerator(BatchedDecoder):
         if lookup_tokens and static_tree_size:
             raise ValueError("lookup_tokens changes the tree's shape every step; it cannot be combined with "
                              "static_tree_size")
-        ContextLookup([], lookup_max_ngram, lookup_min_ngram)  # refuses bad n-gram sizes now, not at a first step
+        check_ngram_sizes(lookup_max_ngram, lookup_min_ngram)  # now, not at a first step
         self.lookup_tokens = lookup_tokens
         self.lookup_ngrams = (lookup_max_ngram, lookup_min_ngram)
         self.num_draft_steps = max(beam_length - 1, lookup_tokens)

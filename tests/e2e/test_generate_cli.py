@@ -14,7 +14,8 @@ pytestmark = pytest.mark.e2e
 
 def test_interactive_chat_driven_through_stdin(embedded_random_drafter):
     result = run_cli(
-        ["--speculator_path", embedded_random_drafter, "--interactive", "--max_generation_length", "12"],
+        ["--speculator_path", embedded_random_drafter, "--interactive", "--max_generation_length", "12",
+         "--beam_width", "2"],  # a fixed shape: planning it is tested in tests/unit/test_benchmark_cli.py
         stdin="What is the capital of France?\n/reset\nName a colour.\n/exit\n",
     )
     assert result.returncode == 0, result.stderr
@@ -29,7 +30,7 @@ def test_mt_bench_compare_writes_json_and_chart(embedded_random_drafter, tmp_pat
     output = tmp_path / "bench.json"
     result = run_cli([
         "--speculator_path", embedded_random_drafter, "--eval_mt_bench", "--compare", "--max_num_prompts", "2",
-        "--max_generation_length", "8", "--warmup", "0", "--output_file", str(output),
+        "--max_generation_length", "8", "--warmup", "0", "--output_file", str(output), "--beam_width", "2",
     ])
     assert result.returncode == 0, result.stderr
     data = json.loads(output.read_text())
@@ -45,6 +46,7 @@ def test_compare_times_several_drafters_in_one_run(embedded_random_drafter, tmp_
     result = run_cli([
         "--speculator_path", embedded_random_drafter, embedded_random_drafter, "--eval_mt_bench", "--compare",
         "--max_num_prompts", "1", "--max_generation_length", "6", "--warmup", "0", "--output_file", str(output),
+        "--beam_width", "2",
     ])
     assert result.returncode == 0, result.stderr
     data = json.loads(output.read_text())

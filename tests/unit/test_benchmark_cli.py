@@ -141,3 +141,41 @@ def test_without_a_drafter_the_embedded_model_gets_the_shipped_one():
     assert drafter.config.base_model_fingerprint  # checked against the embedded base when it loads
     with pytest.raises(UsageError, match="--speculator_path is required"):
         generate_speculator.check_modes(generate_speculator.GenerationArguments(interactive=True, base_model="x/y"))
+
+
+def test_drafting_shape_is_planned_unless_the_arguments_fix_it(monkeypatch):
+    """No --beam_width / --beam_length / --top_k_tokens_per_head: the shape planned for this machine (the plan is
+    recorded); any of them: exactly that shape, the planner not run; --tree_budget auto with a fixed shape: refused."""
+    import generate_speculator
+    from drafter.errors import UsageError
+    from drafter.evaluation.compare import TreeShape
+
+    calls = []
+
+    class Plan:
+        def to_dict(self):
+            return {"planned": True}
+
+    def fake_planner(base, tokenizer, drafter, lookup_tokens=0):
+        calls.append(lookup_tokens)
+        return TreeShape(beam_width=3, beam_length=3, lookup_tokens=min(4, lookup_tokens)), Plan()
+
+    monkeypatch.setattr(generate_speculator, "auto_tree_shape", fake_planner)
+
+    def shape_of(**kwargs):
+        args = generate_speculator.GenerationArguments(prompt="hi", **kwargs)
+        plans: dict = {}
+        return generate_speculator.resolve_tree_shape(args, None, None, None, plans, "speculative"), plans
+
+    shape, plans = shape_of()
+    assert (shape.label, calls, plans) == ("3x3+4", [8], {"speculative": {"planned": True}})
+    for fixed in ({"beam_width": 2}, {"beam_length": 3}, {"beam_width": 2, "beam_length": 3, "lookup_tokens": 0}):
+        shape, plans = shape_of(**fixed)
+        assert (shape.beam_width, shape.beam_length, shape.lookup_tokens, plans) == (
+            fixed.get("beam_width", 4), fixed.get("beam_length"), fixed.get("lookup_tokens", 8), {})
+    assert shape_of(top_k_tokens_per_head=[2, 1])[0].top_k_tokens_per_head == [2, 1]
+    assert calls == [8]  # the planner ran for the default only
+
+    with pytest.raises(UsageError, match="--tree_budget auto plans the beam shape"):
+        generate_speculator.check_modes(generate_speculator.GenerationArguments(
+            prompt="hi", tree_budget="auto", beam_width=2, speculator_path=["d"]))
