@@ -130,23 +130,24 @@ def test_without_a_drafter_the_embedded_model_gets_the_shipped_one():
     is a drafter of the embedded model; another base model still needs --speculator_path."""
     import generate_speculator
     from drafter import AutoDrafter
+    from drafter.cli.generate import GenerationArguments, check_modes
     from drafter.engine import EMBEDDED_BASE_MODEL
     from drafter.errors import UsageError
 
-    args = generate_speculator.GenerationArguments(interactive=True)
-    generate_speculator.check_modes(args)
+    args = GenerationArguments(interactive=True)
+    check_modes(args, generate_speculator.DEFAULT_DRAFTER)
     assert args.speculator_path == [str(generate_speculator.DEFAULT_DRAFTER)]
     drafter = AutoDrafter.from_pretrained(args.speculator_path[0])
     assert drafter.config.base_model_name_or_path == EMBEDDED_BASE_MODEL and drafter.config.hidden_size == 576
     assert drafter.config.base_model_fingerprint  # checked against the embedded base when it loads
     with pytest.raises(UsageError, match="--speculator_path is required"):
-        generate_speculator.check_modes(generate_speculator.GenerationArguments(interactive=True, base_model="x/y"))
+        check_modes(GenerationArguments(interactive=True, base_model="x/y"), generate_speculator.DEFAULT_DRAFTER)
 
 
 def test_drafting_shape_is_planned_unless_the_arguments_fix_it(monkeypatch):
     """No --beam_width / --beam_length / --top_k_tokens_per_head: the shape planned for this machine (the plan is
     recorded); any of them: exactly that shape, the planner not run; --tree_budget auto with a fixed shape: refused."""
-    import generate_speculator
+    from drafter.cli import generate
     from drafter.errors import UsageError
     from drafter.evaluation.compare import TreeShape
 
@@ -160,12 +161,12 @@ def test_drafting_shape_is_planned_unless_the_arguments_fix_it(monkeypatch):
         calls.append(lookup_tokens)
         return TreeShape(beam_width=3, beam_length=3, lookup_tokens=min(4, lookup_tokens)), Plan()
 
-    monkeypatch.setattr(generate_speculator, "auto_tree_shape", fake_planner)
+    monkeypatch.setattr(generate, "auto_tree_shape", fake_planner)
 
     def shape_of(**kwargs):
-        args = generate_speculator.GenerationArguments(prompt="hi", **kwargs)
+        args = generate.GenerationArguments(prompt="hi", **kwargs)
         plans: dict = {}
-        return generate_speculator.resolve_tree_shape(args, None, None, None, plans, "speculative"), plans
+        return generate.resolve_tree_shape(args, None, None, None, plans, "speculative"), plans
 
     shape, plans = shape_of()
     assert (shape.label, calls, plans) == ("3x3+4", [8], {"speculative": {"planned": True}})
@@ -177,5 +178,5 @@ def test_drafting_shape_is_planned_unless_the_arguments_fix_it(monkeypatch):
     assert calls == [8]  # the planner ran for the default only
 
     with pytest.raises(UsageError, match="--tree_budget auto plans the beam shape"):
-        generate_speculator.check_modes(generate_speculator.GenerationArguments(
+        generate.check_modes(generate.GenerationArguments(
             prompt="hi", tree_budget="auto", beam_width=2, speculator_path=["d"]))

@@ -1,0 +1,1 @@
+"""Command lines that sit on several layers (`generate_speculator.py`'s: chat, answers, the speed comparison)."""
