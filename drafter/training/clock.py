@@ -19,7 +19,8 @@ class TrainingClock(TrainerCallback):
     """Seconds spent in `Trainer.train`, including the runs before a resume (read from the checkpoint).
 
     With `budget_seconds`, training stops after the first optimizer step that ends past the budget (counted
-    over resumes too); the caller then saves and evaluates as after any other last step. Under several
+    over resumes too), saving a checkpoint there unless checkpoints are off (so a resume with a larger budget
+    loses no step); the caller then saves the model and evaluates as after any other last step. Under several
     processes the ranks agree (any rank past the budget stops them all), so none waits on a collective alone.
     """
 
@@ -51,6 +52,7 @@ class TrainingClock(TrainerCallback):
         if over:
             self.stopped_by_budget = True
             control.should_training_stop = True
+            control.should_save = args.save_strategy != "no"
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         folder = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")

@@ -154,6 +154,15 @@ def test_training_from_features_stops_at_the_time_budget_and_saves(base, tokeniz
     summary = run(model_args, data_args, training_args)
     assert summary["stopped_by_time_budget"] and summary["train_steps"] == 1
     assert (tmp_path / "out" / "model.safetensors").is_file() and "eval_step1_top1" in summary
+    # With checkpoints on, the stop is a checkpoint, and a resume with more budget continues from that step.
+    stepped = DrafterTrainingArguments(**{**training_args.to_dict(), "output_dir": str(tmp_path / "stepped"),
+                                          "save_strategy": "steps", "save_steps": 100})
+    assert run(model_args, data_args, stepped)["train_steps"] == 1
+    assert (tmp_path / "stepped" / "checkpoint-1" / "train_clock.json").is_file()
+    resumed = DrafterTrainingArguments(**{**stepped.to_dict(), "max_steps": 3, "max_train_minutes": None,
+                                          "resume_from_checkpoint": "True"})
+    summary = run(model_args, data_args, resumed)
+    assert (summary["train_steps"], summary["train_steps_this_run"], summary["stopped_by_time_budget"]) == (3, 2, False)
     other = tmp_path / "other-base"
     save_with_tokenizer(make_tiny_llama(5, vocab_size=len(tokenizer), max_position_embeddings=256), tokenizer, other)
     elsewhere = DrafterTrainingArguments(**{**training_args.to_dict(), "output_dir": str(tmp_path / "out2")})
