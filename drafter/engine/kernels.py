@@ -30,7 +30,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .native import rows_linear_op
+from .native import native_source_fingerprint, rows_linear_op
 
 # Up to this many rows the native kernel beats MKL on the CPUs measured (64 rows: 213 vs 274 ms over the 211
 # layers); longer prompts' prefill keeps MKL's GEMM.
@@ -84,8 +84,9 @@ def _all_float32(*tensors: Optional[torch.Tensor]) -> bool:
 
 def kernel_policy() -> dict:
     """Which path serves which row counts here (part of a measured cost curve's identity)."""
-    return {"native_rows": NATIVE_MAX_ROWS if rows_linear_op() is not None else 0,
-            "transposed_rows": SMALL_BATCH_ROWS, "padded": PADDED_ROWS}
+    native = rows_linear_op() is not None
+    return {"native_rows": NATIVE_MAX_ROWS if native else 0, "native_source": native_source_fingerprint() if native
+            else None, "transposed_rows": SMALL_BATCH_ROWS, "padded": PADDED_ROWS}
 
 
 class SmallBatchLinear(nn.Linear):

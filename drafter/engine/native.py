@@ -20,7 +20,7 @@ from typing import Callable, Optional
 
 import torch
 
-from ..store import fingerprint
+from ..store import fingerprint, fingerprint_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +28,11 @@ SOURCE = Path(__file__).with_name("csrc") / "rows_linear.cpp"
 SWITCH_ENV = "DRAFTER_NATIVE_KERNELS"
 # AVX2 + FMA, not -march=native: the cached build must also run on another AVX2 machine sharing the home folder.
 COMPILE_FLAGS = ["-O3", "-mavx2", "-mfma", "-fopenmp"]
+
+
+def native_source_fingerprint() -> str:
+    """Fingerprint of the kernel's source: a changed kernel re-measures what was timed with the old one."""
+    return fingerprint_bytes([SOURCE.read_bytes()])
 
 
 def unavailable_reason() -> Optional[str]:

@@ -21,7 +21,10 @@ namespace {
 
 constexpr int kRowsPerTile = 4;     // rows of x per tile (MT)
 constexpr int kWeightsPerTile = 3;  // rows of W per tile (NT): 4 x 3 accumulators + 3 weight vectors + 1 x fit 16 ymm
-constexpr int64_t kRowsInL1 = 8;     // rows of x a W block meets in one pass (8 x 576 floats: 18 KB of a 32 KB L1)
+// Rows of x a W block meets in one pass over W. Past 8 rows the tile is compute-bound, and a second pass (rows
+// 9.. meeting the W group again from L2) no longer overlaps the memory stream: one pass for up to 16 rows was
+// 5-15 % faster at 9-16 rows (measured, BENCHMARKS.md), although 16 x 576 floats (36 KB) spill from L1 into L2.
+constexpr int64_t kRowsInL1 = 16;
 constexpr int64_t kGroupBytes = 192 * 1024;  // W rows read from memory once, then re-read from L2 (512 KB)
 
 inline float horizontal_sum(__m256 v) {
@@ -97,7 +100,7 @@ at::Tensor rows_linear(const at::Tensor& x, const at::Tensor& weight, const std:
   const int64_t blocks = (N + kWeightsPerTile - 1) / kWeightsPerTile;
   // Threads split W's rows (never K, which would change the order of the sums). Each thread walks its rows in
   // L2-sized groups, and within a group it meets up to kRowsInL1 rows of x at a time, so the x rows a W block
-  // meets stay in L1 while the group is read from memory once.
+  // meets stay in L1 (or L2) while the group is read from memory once.
   const int64_t group_blocks = std::max<int64_t>(1, kGroupBytes / (K * static_cast<int64_t>(sizeof(float)) * kWeightsPerTile));
   at::parallel_for(0, blocks, 16, [&](int64_t begin, int64_t end) {
     for (int64_t g = begin; g < end; g += group_blocks) {
