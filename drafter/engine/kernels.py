@@ -84,9 +84,11 @@ def _all_float32(*tensors: Optional[torch.Tensor]) -> bool:
 
 def kernel_policy() -> dict:
     """Which path serves which row counts here (part of a measured cost curve's identity)."""
-    native = rows_linear_op() is not None
-    return {"native_rows": NATIVE_MAX_ROWS if native else 0, "native_source": native_source_fingerprint() if native
-            else None, "transposed_rows": SMALL_BATCH_ROWS, "padded": PADDED_ROWS}
+    if rows_linear_op() is None:
+        native = {"native_rows": 0, "native_source": None}
+    else:
+        native = {"native_rows": NATIVE_MAX_ROWS, "native_source": native_source_fingerprint()}
+    return {**native, "transposed_rows": SMALL_BATCH_ROWS, "padded": PADDED_ROWS}
 
 
 class SmallBatchLinear(nn.Linear):

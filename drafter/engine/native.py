@@ -30,6 +30,7 @@ SWITCH_ENV = "DRAFTER_NATIVE_KERNELS"
 COMPILE_FLAGS = ["-O3", "-mavx2", "-mfma", "-fopenmp"]
 
 
+@functools.lru_cache(maxsize=None)
 def native_source_fingerprint() -> str:
     """Fingerprint of the kernel's source: a changed kernel re-measures what was timed with the old one."""
     return fingerprint_bytes([SOURCE.read_bytes()])
