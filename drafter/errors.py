@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Callable, List, Optional
+from typing import Any, Callable, Iterable, List, Mapping, Optional, Tuple
 
 USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError,
                NotImplementedError, ImportError, KeyError)
@@ -18,6 +18,19 @@ USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryEr
 
 class UsageError(ValueError):
     """Arguments that contradict each other or are missing."""
+
+
+# (argument, test, rule) of a bounded numeric argument, e.g. ("batch_size", lambda v: v >= 1, ">= 1").
+ArgumentRange = Tuple[str, Callable[[Any], bool], str]
+
+
+def check_ranges(values: Mapping[str, Any], ranges: Iterable[ArgumentRange]) -> None:
+    """Refuse, before anything loads, a numeric argument out of its range (ValueError naming it and the rule);
+    an argument that is not set (None, or absent from `values`) passes."""
+    for name, valid, rule in ranges:
+        value = values.get(name)
+        if value is not None and not valid(value):
+            raise ValueError(f"--{name} {value}: must be {rule}")
 
 
 def run_main(main: Callable[[List[str]], object], argv: Optional[List[str]] = None) -> int:

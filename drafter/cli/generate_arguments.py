@@ -3,10 +3,28 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Optional, Tuple
 
+from ..errors import ArgumentRange, check_ranges
 from ..evaluation.benchmark import BASELINE_METHODS, DEFAULT_BASELINES
 from ..evaluation.compare import TreeShape, parse_tree_shape
+
+# Every bounded numeric argument (`check_ranges`).
+_RANGES: Tuple[ArgumentRange, ...] = (
+    ("max_generation_length", lambda v: v >= 1, ">= 1"),
+    ("batch_size", lambda v: v >= 1, ">= 1"),
+    ("beam_width", lambda v: v >= 1, ">= 1"),
+    ("beam_length", lambda v: v >= 2, ">= 2 (the base token + 1 draft)"),
+    ("temperature", lambda v: v >= 0, ">= 0 (0 = greedy)"),
+    ("top_k", lambda v: v >= 1, ">= 1"),
+    ("top_p", lambda v: 0 < v <= 1, "in (0, 1]"),
+    ("max_num_prompts", lambda v: v >= 1, ">= 1"),
+    ("n_candidates", lambda v: v >= 1, ">= 1"),
+    ("repeats", lambda v: v >= 1, ">= 1"),
+    ("warmup", lambda v: v >= 0, ">= 0"),
+    ("threads", lambda v: v >= 1, ">= 1"),
+    ("lookup_tokens", lambda v: v >= 0, ">= 0 (0 = no context lookup)"),
+)
 
 
 @dataclass
@@ -104,24 +122,7 @@ class GenerationArguments:
 
     def __post_init__(self) -> None:
         """Every numeric argument in range, before any model loads."""
-        checks = [
-            ("max_generation_length", self.max_generation_length, lambda v: v is None or v >= 1, ">= 1"),
-            ("batch_size", self.batch_size, lambda v: v >= 1, ">= 1"),
-            ("beam_width", self.beam_width, lambda v: v is None or v >= 1, ">= 1"),
-            ("beam_length", self.beam_length, lambda v: v is None or v >= 2, ">= 2 (the base token + 1 draft)"),
-            ("temperature", self.temperature, lambda v: v >= 0, ">= 0 (0 = greedy)"),
-            ("top_k", self.top_k, lambda v: v is None or v >= 1, ">= 1"),
-            ("top_p", self.top_p, lambda v: v is None or 0 < v <= 1, "in (0, 1]"),
-            ("max_num_prompts", self.max_num_prompts, lambda v: v is None or v >= 1, ">= 1"),
-            ("n_candidates", self.n_candidates, lambda v: v is None or v >= 1, ">= 1"),
-            ("repeats", self.repeats, lambda v: v >= 1, ">= 1"),
-            ("warmup", self.warmup, lambda v: v >= 0, ">= 0"),
-            ("threads", self.threads, lambda v: v is None or v >= 1, ">= 1"),
-            ("lookup_tokens", self.lookup_tokens, lambda v: v >= 0, ">= 0 (0 = no context lookup)"),
-        ]
-        for name, value, valid, rule in checks:
-            if not valid(value):
-                raise ValueError(f"--{name} {value}: must be {rule}")
+        check_ranges(vars(self), _RANGES)
         if self.tree_budget not in (None, "auto"):
             raise ValueError(f"--tree_budget {self.tree_budget}: the only budget is auto")
         for shape in self.tree_shapes:

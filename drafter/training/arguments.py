@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 from transformers import TrainingArguments
 
 from ..engine.dtypes import canonical_dtype_name
 from ..engine.loading import EMBEDDED_BASE_MODEL
+from ..errors import ArgumentRange, check_ranges
 from ..models.registry import FAMILY_NAMES
 
 
@@ -319,8 +320,8 @@ def _as_type(key: str, value, kind: type):
     return int(number)
 
 
-# (argument, test, rule) for every bounded numeric argument; None means "not set" and always passes.
-_RANGES = (
+# Every bounded numeric argument (`check_ranges`).
+_RANGES: Tuple[ArgumentRange, ...] = (
     ("drafter_num_layers", lambda v: v >= 0, ">= 0"),
     ("exit_dim_multiplier", lambda v: v > 0, "> 0"),
     ("drafter_predict_n_tokens", lambda v: v >= 1, ">= 1"),
@@ -351,9 +352,6 @@ _RANGES = (
 def validate_arguments(*argument_sets) -> None:
     """Refuse, before anything loads, a numeric argument out of its range (ValueError naming it and the rule)."""
     values = {k: v for args in argument_sets for k, v in vars(args).items()}
-    for key, valid, rule in _RANGES:
-        value = values.get(key)
-        if value is not None and not valid(value):
-            raise ValueError(f"--{key} {value}: must be {rule}")
+    check_ranges(values, _RANGES)
     if values.get("base_dtype") is not None:
         canonical_dtype_name(values["base_dtype"])  # an unknown name fails here
