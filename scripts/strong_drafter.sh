@@ -3,12 +3,14 @@
 # stages; re-running skips what is done. Every stage can be stopped and run again.
 #   1. teacher data: the base model's own greedy answers to ShareGPT prompts (MT-Bench's questions excluded),
 #      vLLM when .venv-vllm exists (bash scripts/bootstrap_vllm.sh), else the toolkit's own decoder;
-#      TEACHER_SHARDS processes, one per core. The data set the shipped drafter trained on is kept compressed in
-#      benchmarks/teacher/ and used as it is unless REGENERATE_TEACHER=1 (or TEACHER names another folder);
+#      TEACHER_SHARDS processes, one per core. The data set is kept compressed in benchmarks/teacher/ and used as
+#      it is; EXTEND_TEACHER=1 answers the rest of its TEACHER_EXAMPLES prompts (continuing it: no kept answer is
+#      generated again; stopped early, merge what is there with `python -m drafter.teacher.generate --merge
+#      --allow_partial --output_dir $TEACHER`), REGENERATE_TEACHER=1 starts over (or TEACHER names another folder);
 #   2. feature cache of those chats (the base runs once);
 #   3. training from the cache, TRAIN_EPOCHS epochs within TRAIN_MINUTES (resumed where it stopped);
 #   4. the 80-prompt MT-Bench comparison against transformers generate, at the --tree_budget auto shape.
-# Environment: OUT (outputs/strong-drafter), TEACHER, REGENERATE_TEACHER, TEACHER_EXAMPLES (8000), TEACHER_SHARDS
+# Environment: OUT (outputs/strong-drafter), TEACHER, EXTEND_TEACHER, REGENERATE_TEACHER, TEACHER_EXAMPLES (8000), TEACHER_SHARDS
 # (2), TRAIN_EPOCHS (4), TRAIN_MINUTES (120).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,7 +21,10 @@ TEACHER_SHARDS=${TEACHER_SHARDS:-2}
 TRAIN_EPOCHS=${TRAIN_EPOCHS:-4}
 TRAIN_MINUTES=${TRAIN_MINUTES:-120}
 KEPT_TEACHER=benchmarks/teacher/smollm2-sharegpt-greedy-256
-if [ -z "${REGENERATE_TEACHER:-}" ] && [ ! -f "$TEACHER/data.jsonl" ] && [ -f "$KEPT_TEACHER/data.jsonl.xz" ]; then
+CONTINUE=()
+if [ -n "${EXTEND_TEACHER:-}" ]; then
+  CONTINUE=(--continue_from "$KEPT_TEACHER")
+elif [ -z "${REGENERATE_TEACHER:-}" ] && [ ! -f "$TEACHER/data.jsonl" ] && [ -f "$KEPT_TEACHER/data.jsonl.xz" ]; then
   TEACHER=$KEPT_TEACHER
 fi
 PY=.venv/bin/python
@@ -27,12 +32,12 @@ GEN_PY=$PY
 [ -x .venv-vllm/bin/python ] && GEN_PY=.venv-vllm/bin/python
 mkdir -p "$OUT"
 
-if [ ! -f "$TEACHER/data.jsonl" ] && [ ! -f "$TEACHER/data.jsonl.xz" ]; then
+if [ -n "${EXTEND_TEACHER:-}" ] || { [ ! -f "$TEACHER/data.jsonl" ] && [ ! -f "$TEACHER/data.jsonl.xz" ]; }; then
   for ((shard = 0; shard < TEACHER_SHARDS; shard++)); do
     VLLM_CPU_OMP_THREADS_BIND=$shard "$GEN_PY" -m drafter.teacher.generate --dataset_name sharegpt \
       --max_examples "$TEACHER_EXAMPLES" --data_seed 0 --exclude_dataset mtbench --max_tokens 256 --gen_temp 0 \
       --batch_size 64 --num_threads 1 --num_shards "$TEACHER_SHARDS" --shard_index "$shard" \
-      --output_dir "$TEACHER" --no_progress > "$OUT/teacher-$shard.log" 2>&1 &
+      --output_dir "$TEACHER" ${CONTINUE[@]+"${CONTINUE[@]}"} --no_progress > "$OUT/teacher-$shard.log" 2>&1 &
   done
   wait
 fi

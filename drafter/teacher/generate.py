@@ -25,7 +25,7 @@ Usage::
     python -m drafter.teacher.generate --dataset_name sharegpt --max_examples 2000 --output_dir DIR \\
         [--llm_name_or_path NAME] [--max_tokens 256] [--gen_temp 1.0] [--top_k K] [--top_p P] [--seed 0] \\
         [--batch_size 16] [--backend transformers|vllm] [--tensor_parallel 1] \\
-        [--num_shards N --shard_index i] [--max_prompt_tokens 512] [--merge]
+        [--num_shards N --shard_index i] [--max_prompt_tokens 512] [--continue_from KEPT_DIR] [--merge]
 
 Without ``--output_dir`` the data goes to ``<DRAFTER_CACHE>/teacher/<source>-<key>`` where the key hashes the
 base model, the source and every generation parameter, so sweeps reuse it.
@@ -69,7 +69,7 @@ from .config import (
     teacher_identity,
 )
 from .jobs import TeacherJob, answer_jobs, prepare_prompt, shard_indices, write_skipped
-from .merge import done_ids, merge_teacher_shards
+from .merge import continue_from_merged, done_ids, merge_teacher_shards
 from .turns import answer_all_turns, conversation_prompts, turn_prompts
 
 logger = logging.getLogger(__name__)
@@ -259,6 +259,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tensor_parallel", type=int, default=1, help="vLLM tensor parallel size")
     parser.add_argument("--num_shards", type=int, default=1)
     parser.add_argument("--shard_index", type=int, default=0)
+    parser.add_argument("--continue_from", default=None, metavar="DIR",
+                        help="a merged teacher folder (data.jsonl or data.jsonl.xz, e.g. the set kept in "
+                             "benchmarks/teacher/): an empty --output_dir starts from its answers, so this run "
+                             "extends that set instead of regenerating it (same settings required)")
     parser.add_argument("--merge", action="store_true", help="only merge the finished shards into data.jsonl")
     parser.add_argument("--allow_partial", action="store_true", help="with --merge: merge although prompts miss")
     parser.add_argument("--num_threads", type=int, default=None,
@@ -296,6 +300,10 @@ def main(argv: Optional[Sequence[str]] = None) -> TeacherGenerationResult | Path
         path = merge_teacher_shards(output_dir, allow_partial=args.allow_partial)
         print(f"Merged teacher data: {path}")
         return path
+    if args.continue_from:
+        seeded = continue_from_merged(args.continue_from, output_dir, args.num_shards)
+        if seeded:
+            print(f"Continuing {args.continue_from}: its {seeded} answers seed {output_dir}")
 
     from ..data.sources import exclude_prompts_of, load_prompts
     from ..engine.loading import load_base_model, load_tokenizer

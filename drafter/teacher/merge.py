@@ -1,14 +1,16 @@
-"""Merging a teacher folder's shard files into ``data.jsonl``: prompt order, one row per prompt."""
+"""Merging a teacher folder's shard files into ``data.jsonl`` (prompt order, one row per prompt), and the reverse:
+seeding a new folder's shard files from a merged one, so generation extends a kept data set."""
 
 from __future__ import annotations
 
 import json
 import logging
+import lzma
 import os
 from pathlib import Path
 from typing import Any, Dict, List, Sequence, Set, Union
 
-from ..store import read_jsonl_rows, shard_files, write_json, write_jsonl
+from ..store import read_jsonl_rows, shard_file_name, shard_files, write_json, write_jsonl
 from .config import DATA_FILE, METADATA_FILE, SKIPPED_REASON
 
 logger = logging.getLogger(__name__)
@@ -92,3 +94,47 @@ def merge_teacher_shards(output_dir: Union[str, os.PathLike], allow_partial: boo
         write_json(metadata_path, metadata, sort_keys=True, trailing_newline=True)
     logger.info("Merged %d teacher examples into %s", len(kept), data_path)
     return data_path
+
+
+# The answers of a merged folder: data.jsonl, or data.jsonl.xz where the set is kept compressed (benchmarks/teacher/).
+MERGED_DATA_FILES = (DATA_FILE, DATA_FILE + ".xz")
+
+
+def continue_from_merged(source_dir: Union[str, os.PathLike], output_dir: Union[str, os.PathLike],
+                         num_shards: int) -> int:
+    """Seed an empty teacher folder with the answers of a merged one, as the shard files they belong to (prompt
+    index mod `num_shards`), so generating into `output_dir` continues the source's set instead of starting over.
+
+    The source's metadata.json comes along: generating with other settings than the source's is refused as for
+    any resumed folder. Returns the number of answers copied; 0 when `output_dir` already has shard files or
+    metadata (seeded before, or a run of its own: generation resumes from what it holds). Refuses an all-turns
+    source, whose data.jsonl keeps only each conversation's last answered turn.
+    """
+    from filelock import FileLock
+
+    source_dir, output_dir = Path(source_dir), Path(output_dir)
+    data_path = next((source_dir / name for name in MERGED_DATA_FILES if (source_dir / name).is_file()), None)
+    if data_path is None or not (source_dir / METADATA_FILE).is_file():
+        raise FileNotFoundError(f"{source_dir} is not a merged teacher-data folder (it needs {METADATA_FILE} and "
+                                f"{' or '.join(MERGED_DATA_FILES)})")
+    metadata = json.loads((source_dir / METADATA_FILE).read_text(encoding="utf-8"))
+    if metadata["identity"].get("turns") == "all":
+        raise ValueError(f"{source_dir} answers all turns; its {DATA_FILE} keeps only each conversation's last "
+                         "turn, so it cannot seed a folder: continue that run from its own shard files")
+    output_dir.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(output_dir / ".continue.lock")):  # the shards of one run start together
+        if shard_files(output_dir) or (output_dir / METADATA_FILE).exists():
+            return 0
+        opener = lzma.open if data_path.suffix == ".xz" else open
+        with opener(data_path, "rb") as f:
+            # split on \n only: answers may hold U+2028 and other line separators
+            rows = [json.loads(line) for line in f.read().split(b"\n") if line.strip()]
+        by_shard: Dict[int, List[Dict[str, Any]]] = {}
+        for row in rows:
+            by_shard.setdefault(row["index"] % num_shards, []).append(row)
+        for shard, shard_rows in sorted(by_shard.items()):
+            write_jsonl(output_dir / shard_file_name(num_shards, shard), shard_rows)
+        metadata.pop("merged", None)  # recomputed when this folder is merged
+        write_json(output_dir / METADATA_FILE, metadata, sort_keys=True, trailing_newline=True)
+    logger.info("%s: seeded with the %d answers of %s", output_dir, len(rows), source_dir)
+    return len(rows)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import lzma
 import os
 import subprocess
 import sys
@@ -33,7 +34,7 @@ from drafter.teacher.config import (
 )
 from drafter.teacher.generate import generate_teacher_data, main
 from drafter.teacher.jobs import prepare_prompt, shard_indices
-from drafter.teacher.merge import merge_teacher_shards
+from drafter.teacher.merge import continue_from_merged, merge_teacher_shards
 from tests.fakes import REPO_ROOT, kill_when_written, make_tiny_llama, smollm2_tokenizer
 
 MAX_TOKENS = 10
@@ -238,6 +239,36 @@ def test_interrupted_shards_resume_without_duplicates_or_losses(model, tokenizer
         model, tokenizer, PROMPTS, folder, SAMPLED_PLAIN, batch_size=2, num_shards=2, shard_index=0, progress=False
     )
     assert again.num_generated == 0 and again.num_resumed == 5
+
+
+def test_a_kept_compressed_set_is_extended_not_regenerated(model, tokenizer, tmp_path):
+    reference = read_rows(generate_teacher_data(model, tokenizer, PROMPTS, tmp_path / "ref", GREEDY,
+                                                progress=False).data_file)
+    partial = tmp_path / "partial"  # half the prompts, merged and kept compressed, as in benchmarks/teacher/
+    generate_teacher_data(model, tokenizer, PROMPTS, partial, GREEDY, num_shards=2, shard_index=0, progress=False)
+    merge_teacher_shards(partial, allow_partial=True)
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    (kept / METADATA_FILE).write_bytes((partial / METADATA_FILE).read_bytes())
+    (kept / (DATA_FILE + ".xz")).write_bytes(lzma.compress((partial / DATA_FILE).read_bytes()))
+    kept_ids = [row["id"] for row in read_rows(partial / DATA_FILE)]
+
+    folder = tmp_path / "run"  # continued with another shard count than the kept set was made with
+    assert continue_from_merged(kept, folder, num_shards=3) == len(kept_ids) == 5
+    assert continue_from_merged(kept, folder, num_shards=3) == 0  # seeded once: a rerun resumes
+    results = [generate_teacher_data(model, tokenizer, PROMPTS, folder, GREEDY, num_shards=3, shard_index=i,
+                                     progress=False) for i in range(3)]
+    assert sum(r.num_resumed for r in results) == len(kept_ids)  # none of the kept answers is generated again
+    assert sum(r.num_generated for r in results) == len(PROMPTS) - len(kept_ids)
+    assert read_rows(folder / DATA_FILE) == reference
+    assert sorted(row["id"] for row in all_shard_rows(folder)) == sorted(p["id"] for p in PROMPTS)
+
+    other = tmp_path / "other"
+    continue_from_merged(kept, other, num_shards=1)
+    with pytest.raises(TeacherDataMismatchError, match="generation"):  # the kept set's settings, or none
+        generate_teacher_data(model, tokenizer, PROMPTS, other, SAMPLED, progress=False)
+    with pytest.raises(FileNotFoundError, match="not a merged teacher-data folder"):
+        continue_from_merged(tmp_path / "ref-missing", tmp_path / "x", num_shards=1)
 
 
 def test_refuses_to_resume_with_other_settings(model, tokenizer, tmp_path):
