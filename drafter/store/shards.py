@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import lzma
 import os
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Union
@@ -27,12 +28,16 @@ def read_jsonl_rows(path: Union[str, os.PathLike], repair: bool = False) -> List
     """Complete rows of a JSONL file that may end in a partially written line (a killed writer).
 
     Lines are split on ``\\n`` only (answers may hold U+2028 and other line separators). With `repair`, the file
-    is truncated just after its last complete row, so appending continues cleanly.
+    is truncated just after its last complete row, so appending continues cleanly. A ``.xz`` file (a data set
+    kept compressed) is read through lzma; it is never appended to, so it cannot be repaired.
     """
     path = Path(path)
     if not path.is_file():
         return []
-    with open(path, "rb") as f:
+    compressed = path.suffix == ".xz"
+    if compressed and repair:
+        raise ValueError(f"{path}: a compressed file cannot be repaired in place")
+    with (lzma.open if compressed else open)(path, "rb") as f:
         data = f.read()
     rows: List[Dict[str, Any]] = []
     good_end = 0

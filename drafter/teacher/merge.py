@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import lzma
 import os
 from pathlib import Path
 from typing import Any, Dict, List, Sequence, Set, Union
@@ -125,10 +124,7 @@ def continue_from_merged(source_dir: Union[str, os.PathLike], output_dir: Union[
     with FileLock(str(output_dir / ".continue.lock")):  # the shards of one run start together
         if shard_files(output_dir) or (output_dir / METADATA_FILE).exists():
             return 0
-        opener = lzma.open if data_path.suffix == ".xz" else open
-        with opener(data_path, "rb") as f:
-            # split on \n only: answers may hold U+2028 and other line separators
-            rows = [json.loads(line) for line in f.read().split(b"\n") if line.strip()]
+        rows = read_jsonl_rows(data_path)
         by_shard: Dict[int, List[Dict[str, Any]]] = {}
         for row in rows:
             by_shard.setdefault(row["index"] % num_shards, []).append(row)

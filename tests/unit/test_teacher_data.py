@@ -252,6 +252,9 @@ def test_a_kept_compressed_set_is_extended_not_regenerated(model, tokenizer, tmp
     (kept / METADATA_FILE).write_bytes((partial / METADATA_FILE).read_bytes())
     (kept / (DATA_FILE + ".xz")).write_bytes(lzma.compress((partial / DATA_FILE).read_bytes()))
     kept_ids = [row["id"] for row in read_rows(partial / DATA_FILE)]
+    assert read_jsonl_rows(kept / (DATA_FILE + ".xz")) == read_rows(partial / DATA_FILE)
+    with pytest.raises(ValueError, match="compressed"):
+        read_jsonl_rows(kept / (DATA_FILE + ".xz"), repair=True)
 
     folder = tmp_path / "run"  # continued with another shard count than the kept set was made with
     assert continue_from_merged(kept, folder, num_shards=3) == len(kept_ids) == 5
